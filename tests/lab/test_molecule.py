@@ -1,11 +1,15 @@
-"""Each role's Molecule scenario on real lab hosts: create, converge, idempotence, verify, destroy."""
+"""Each role's Molecule scenario on real lab hosts.
+
+create, converge, idempotence, verify, destroy: the sequence in each molecule.yml.
+"""
 from __future__ import annotations
 
 import pytest
 
 from .conftest import BIN, ROOT, run
 
-ROLES_WITH_SCENARIOS = sorted(p.parents[2].name for p in ROOT.glob("roles/*/molecule/*/molecule.yml"))
+SCENARIOS = ROOT.glob("roles/*/molecule/*/molecule.yml")
+ROLES_WITH_SCENARIOS = sorted(p.parents[2].name for p in SCENARIOS)
 
 
 @pytest.mark.lab

@@ -1,0 +1,337 @@
+"""Command line: postcheck -i INVENTORY ... or postcheck --worker URL ... --prometheus URL."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, TextIO
+
+from postcheck import defaults
+from postcheck.dashboards import load_dashboards
+from postcheck.fleet import Fleet, UsageError, Worker, host_port, normalize_url, parse_duration
+from postcheck.inventory import load_fleet
+from postcheck.report import Reporter, write_json
+from postcheck.runner import Options, run
+from postcheck.signals import load_signals
+
+TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
+
+DESCRIPTION = """\
+End-to-end post-check of a vLLM fleet: every vLLM instance, its load, its metrics in
+Prometheus, and every panel of the provisioned Grafana dashboards.
+
+Checks, in order (independent ones run concurrently; one failure never stops the others):
+  prometheus       Prometheus answers its API (build info)
+  health           GET /health of every instance is 200
+  models           GET /v1/models lists the instance's served model name
+  completion       one POST /v1/completions ("Hello", max_tokens 4) is answered
+  metrics          GET /metrics is vLLM's (vllm:* series, model_name = the served model)
+  prometheus.up    up == 1 for every target the inventory implies: job vllm (one per
+                   instance, host:port) and job node (every host, node_exporter's port)
+  load             per instance, waves of N completions + K invalid requests (unknown model,
+                   answered 404) at concurrency C, for at least --load-seconds; /metrics is
+                   polled meanwhile; exactly what was sent and answered is counted
+  metrics.<signal> per instance, what templates/signals.yml expects on /metrics: counters
+                   grew by exactly the completions (or invalid requests) sent, queue depth
+                   and in-flight gauges were seen above 0 during the load
+  prometheus.<signal>  the same through Prometheus (waiting up to two scrape intervals):
+                   counters equal the instance's /metrics after the load, max_over_time of
+                   the gauges over the load > 0, up == 1
+  dashboard        every panel query of every dashboard JSON returns data (panels whose
+                   description has a line "postcheck: n/a: <reason>" are listed as SKIP)
+
+Output: one line per check "PASS|FAIL|SKIP  name  target  detail", then "N passed, M failed".
+Run it against an otherwise idle fleet: other traffic changes the counters it compares.
+"""
+
+EPILOG = """\
+inventory hostvars read (defaults mirror the roles' defaults/main.yml):
+  gpu_workers hosts   ansible_host, vllm_instances (name, port, served_model_name or model),
+                      vllm_api_key (sent as Bearer, never printed; a vaulted value is
+                      decrypted with ansible-vault)
+  every host          node_exporter_web_listen_address (its port; default 0.0.0.0:9100)
+  first monitoring    prometheus_web_listen_address (default 0.0.0.0:9090; host 0.0.0.0
+                      means the host's ansible_host), prometheus_scrape_interval (default 15s)
+Prometheus targets are matched on instance="<ansible_host or name>:<port>".
+
+exit status: 0 every check passed (skips allowed), 1 a check failed,
+2 bad usage or input (no workers in the inventory, bad URL, unreadable file).
+
+examples:
+  postcheck -i inventory/lab --json postcheck.json
+  postcheck --worker http://10.0.0.5:8000,tiny --worker http://10.0.0.6:8000 \\
+            --prometheus http://10.0.0.2:9090 --node-exporter 10.0.0.5:9100
+"""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> Any:  # argparse's own errors: usage + exit 2, no traceback
+        raise UsageError(message)
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more: {text!r}")
+    return value
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more: {text!r}")
+    return value
+
+
+def _seconds(text: str) -> float:
+    try:
+        return parse_duration(text)
+    except UsageError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _seconds_or_zero(text: str) -> float:
+    return 0.0 if text.strip() in ("0", "0s", "0.0") else _seconds(text)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(
+        prog="postcheck",
+        usage="%(prog)s (-i INVENTORY | --worker URL[,MODEL] ...) [options]",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    src = p.add_argument_group("what to check (one of)")
+    src.add_argument(
+        "-i",
+        "--inventory",
+        metavar="INVENTORY",
+        help="Ansible inventory (file or folder), read with ansible-inventory --list",
+    )
+    src.add_argument(
+        "--worker",
+        action="append",
+        default=[],
+        metavar="URL[,MODEL]",
+        help="a vLLM instance, e.g. http://10.0.0.5:8000,tiny (repeatable); without "
+        "MODEL the first model /v1/models lists is used",
+    )
+    src.add_argument(
+        "--prometheus",
+        metavar="URL",
+        help="Prometheus base URL (overrides the inventory's); without it and without "
+        "an inventory, the Prometheus and dashboard checks are skipped",
+    )
+    src.add_argument(
+        "--node-exporter",
+        action="append",
+        default=[],
+        metavar="HOST:PORT",
+        help="with --worker: a node_exporter target Prometheus must have up (repeatable)",
+    )
+    load = p.add_argument_group("load")
+    load.add_argument(
+        "--requests",
+        type=_positive_int,
+        default=defaults.REQUESTS,
+        metavar="N",
+        help=f"completions per wave per instance (default {defaults.REQUESTS})",
+    )
+    load.add_argument(
+        "--concurrency",
+        type=_positive_int,
+        default=defaults.CONCURRENCY,
+        metavar="C",
+        help=f"requests in flight per instance (default {defaults.CONCURRENCY}); must "
+        "exceed the server's --max-num-seqs for requests to queue",
+    )
+    load.add_argument(
+        "--invalid",
+        type=_count,
+        default=defaults.INVALID_REQUESTS,
+        metavar="K",
+        help=f"invalid requests (unknown model) per wave (default {defaults.INVALID_REQUESTS})",
+    )
+    load.add_argument(
+        "--load-seconds",
+        type=_seconds_or_zero,
+        metavar="S",
+        help="send waves until at least this long has passed "
+        "(default: two scrape intervals, so Prometheus scrapes mid-load)",
+    )
+    misc = p.add_argument_group("other")
+    misc.add_argument(
+        "--timeout",
+        type=_seconds,
+        default=defaults.TIMEOUT_S,
+        metavar="S",
+        help=f"seconds one HTTP request may take (default {defaults.TIMEOUT_S:g})",
+    )
+    misc.add_argument(
+        "--scrape-interval",
+        type=_seconds,
+        metavar="DURATION",
+        help="Prometheus scrape interval (default: the inventory's "
+        f"prometheus_scrape_interval, else {defaults.PROMETHEUS_SCRAPE_INTERVAL})",
+    )
+    misc.add_argument("--json", metavar="FILE", help="write the JSON report there")
+    misc.add_argument(
+        "--api-key-env",
+        metavar="VAR",
+        help="read the vLLM API key from this environment variable (overrides vllm_api_key)",
+    )
+    misc.add_argument(
+        "--vault-password-file",
+        metavar="FILE",
+        help="to decrypt a vault-encrypted vllm_api_key (or set ANSIBLE_VAULT_PASSWORD_FILE)",
+    )
+    misc.add_argument(
+        "--vllm-job",
+        default=defaults.VLLM_JOB,
+        metavar="JOB",
+        help=f"Prometheus job of the vLLM instances (default {defaults.VLLM_JOB})",
+    )
+    misc.add_argument(
+        "--node-job",
+        default=defaults.NODE_JOB,
+        metavar="JOB",
+        help=f"Prometheus job of node_exporter (default {defaults.NODE_JOB})",
+    )
+    misc.add_argument(
+        "--dashboards",
+        type=Path,
+        default=TEMPLATES / "dashboards",
+        metavar="DIR",
+        help="folder of Grafana dashboard JSON files (default: the repo's templates/dashboards)",
+    )
+    misc.add_argument(
+        "--signals",
+        type=Path,
+        default=TEMPLATES / "signals.yml",
+        metavar="FILE",
+        help="signal definitions (default: the repo's templates/signals.yml)",
+    )
+    return p
+
+
+def _api_key(args: argparse.Namespace) -> str | None:
+    if not args.api_key_env:
+        return None
+    key = os.environ.get(args.api_key_env)
+    if not key:
+        raise UsageError(
+            f"--api-key-env {args.api_key_env}: that environment variable is empty or unset"
+        )
+    return key
+
+
+def fleet_from_args(args: argparse.Namespace) -> Fleet:
+    key = _api_key(args)
+    if args.inventory and (args.worker or args.node_exporter):
+        raise UsageError("give either -i INVENTORY or --worker/--node-exporter, not both")
+    if args.inventory:
+        fleet = load_fleet(
+            args.inventory, vault_password_file=args.vault_password_file, api_key_override=key
+        )
+    elif args.worker:
+        workers = []
+        for spec in args.worker:
+            url, _, model = spec.partition(",")
+            url = normalize_url(url, "--worker")
+            workers.append(
+                Worker(label=host_port(url), base_url=url, model=model.strip() or None, api_key=key)
+            )
+        nodes = []
+        for n in args.node_exporter:
+            nodes.append(host_port(normalize_url(n, "--node-exporter")))
+        fleet = Fleet(
+            workers=tuple(workers),
+            node_targets=tuple(nodes),
+            prometheus_url=None,
+            scrape_interval_s=parse_duration(defaults.PROMETHEUS_SCRAPE_INTERVAL),
+            source="command line",
+            prometheus_missing_reason="no --prometheus given",
+        )
+    else:
+        raise UsageError("nothing to check: give -i INVENTORY or at least one --worker URL")
+    changes: dict[str, Any] = {}
+    if args.prometheus:
+        changes["prometheus_url"] = normalize_url(args.prometheus, "--prometheus")
+    if args.scrape_interval:
+        changes["scrape_interval_s"] = args.scrape_interval
+    if changes:
+        fleet = replace(fleet, **changes)
+    labels = [w.label for w in fleet.workers]
+    if len(set(labels)) != len(labels):
+        raise UsageError(f"the same vLLM instance is listed twice: {labels}")
+    return fleet
+
+
+def main(argv: list[str] | None = None, out: TextIO | None = None) -> int:
+    out = out or sys.stdout
+    parser = build_parser()
+    args: argparse.Namespace | None = None
+    try:
+        try:
+            args = parser.parse_args(argv)
+        except SystemExit as exc:  # --help
+            return int(exc.code or 0)
+        fleet = fleet_from_args(args)
+        signals = load_signals(args.signals)
+        load_dashboards(args.dashboards)  # the folder must exist; broken files fail later as checks
+        options = Options(
+            requests=args.requests,
+            concurrency=args.concurrency,
+            invalid=args.invalid,
+            timeout_s=args.timeout,
+            load_seconds=args.load_seconds,
+            vllm_job=args.vllm_job,
+            node_job=args.node_job,
+            dashboards_dir=args.dashboards,
+            signals=signals,
+        )
+        reporter = Reporter(out, secrets=fleet.secrets)
+        extra = run(fleet, options, reporter)
+    except UsageError as exc:
+        print(
+            f"usage: {parser.usage.replace('%(prog)s', parser.prog) if parser.usage else ''}",
+            file=sys.stderr,
+        )
+        print(f"postcheck: error: {exc}", file=sys.stderr)
+        if args is not None and args.json:
+            _try_write(args.json, {"summary": {"error": str(exc), "exit_code": 2}, "checks": []})
+        return 2
+    except KeyboardInterrupt:
+        print("postcheck: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # a bug outside any check: say so in one line, no traceback
+        print(f"postcheck: error: unexpected {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 2
+    print(reporter.summary_line(), file=out, flush=True)
+    report = reporter.to_json(extra)
+    if args.json and not _try_write(args.json, report):
+        return 2
+    return reporter.exit_code()
+
+
+def _try_write(path: str, report: dict[str, Any]) -> bool:
+    try:
+        write_json(path, report)
+    except OSError as exc:
+        print(f"postcheck: error: cannot write {path}: {exc}", file=sys.stderr)
+        return False
+    return True
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,41 @@
+"""Defaults the post-check assumes when the inventory does not say otherwise.
+
+The inventory-derived values MIRROR the roles' defaults/main.yml: when a role changes one of
+its defaults, change it here too (the hostvar names are the roles' public variable names).
+"""
+
+from __future__ import annotations
+
+# Inventory groups.
+GPU_WORKERS_GROUP = "gpu_workers"
+MONITORING_GROUP = "monitoring"
+
+# roles/prometheus/defaults/main.yml
+PROMETHEUS_WEB_LISTEN_ADDRESS = "0.0.0.0:9090"
+PROMETHEUS_SCRAPE_INTERVAL = "15s"
+
+# roles/node_exporter/defaults/main.yml
+NODE_EXPORTER_WEB_LISTEN_ADDRESS = "0.0.0.0:9100"
+
+# Prometheus job names the prometheus role renders from the inventory.
+VLLM_JOB = "vllm"
+NODE_JOB = "node"
+
+# Load the post-check sends to every vLLM instance (per wave; see load.py).
+REQUESTS = 24
+CONCURRENCY = 8
+INVALID_REQUESTS = 2
+
+# Seconds one HTTP request may take before its check fails.
+TIMEOUT_S = 15.0
+
+# How long, beyond two scrape intervals, to wait for Prometheus to show what /metrics shows
+# (scrape and query latency); at most one scrape interval.
+PROMETHEUS_SLACK_S = 2.0
+
+# Prometheus applies changed targets from service discovery at most every 5 s: a target that a
+# config reload just added may have no `up` series for that long plus one scrape interval.
+PROMETHEUS_DISCOVERY_S = 5.0
+
+# Listen addresses whose host part means "every interface": reach them at the host's address.
+WILDCARD_HOSTS = frozenset({"", "0.0.0.0", "::", "[::]"})

@@ -1,0 +1,104 @@
+"""What the post-check checks: vLLM instances, node exporters, Prometheus, as plain data."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit
+
+
+class UsageError(Exception):
+    """Bad command line or input (inventory, URL, file): the post-check cannot start (exit 2)."""
+
+
+@dataclass(frozen=True)
+class Worker:
+    """One vLLM server (one `vllm_instances` entry of one host)."""
+
+    label: str  # how reports name it, e.g. "gpu1/main" or "10.0.0.5:8000"
+    base_url: str  # e.g. "http://10.0.0.5:8000" (no trailing slash)
+    model: str | None  # served model name; None: take the first one /v1/models lists
+    api_key: str | None = field(default=None, repr=False)
+
+    @property
+    def instance(self) -> str:
+        """The `instance` label Prometheus gives this target: host:port of its URL."""
+        return host_port(self.base_url)
+
+
+@dataclass(frozen=True)
+class Fleet:
+    workers: tuple[Worker, ...]
+    node_targets: tuple[str, ...]  # "host:port" of every node_exporter
+    prometheus_url: str | None  # None: no Prometheus known, its checks are skipped
+    scrape_interval_s: float
+    source: str  # where the fleet came from, for the report
+    prometheus_missing_reason: str = "no Prometheus given"
+
+    @property
+    def secrets(self) -> tuple[str, ...]:
+        return tuple(w.api_key for w in self.workers if w.api_key)
+
+
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w|y)")
+_UNIT_S = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, "y": 31536000}
+
+
+def parse_duration(text: str) -> float:
+    """Seconds of a Prometheus duration ("15s", "1m30s", "500ms") or of a plain number."""
+    text = str(text).strip()
+    try:
+        value = float(text)
+    except ValueError:
+        pos, total = 0, 0.0
+        for m in _DURATION_PART.finditer(text):
+            if m.start() != pos:
+                break
+            total += float(m.group(1)) * _UNIT_S[m.group(2)]
+            pos = m.end()
+        if pos != len(text) or not text:
+            raise UsageError(f"not a duration: {text!r} (use e.g. 15s, 1m, 500ms)") from None
+        value = total
+    if value <= 0:
+        raise UsageError(f"duration must be positive: {text!r}")
+    return value
+
+
+def prom_duration(seconds: float) -> str:
+    """A whole-second Prometheus duration, at least 1s."""
+    return f"{max(1, round(seconds))}s"
+
+
+def format_host(host: str) -> str:
+    """host as it appears before ":port" (IPv6 addresses in brackets)."""
+    return f"[{host}]" if ":" in host and not host.startswith("[") else host
+
+
+def host_port(url: str) -> str:
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    return f"{format_host(host)}:{port}"
+
+
+def split_listen_address(address: str) -> tuple[str, int]:
+    """("0.0.0.0", 9090) from "0.0.0.0:9090"; accepts "[::]:9090" and ":9090"."""
+    host, sep, port = str(address).strip().rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise UsageError(f"not a listen address host:port: {address!r}")
+    return host.strip("[]") if host.startswith("[") else host, int(port)
+
+
+def normalize_url(url: str, what: str) -> str:
+    """An http(s) URL without trailing slash, or UsageError naming `what`."""
+    url = url.strip()
+    if "://" not in url:
+        url = "http://" + url
+    try:
+        parts = urlsplit(url)
+        _ = parts.port  # raises ValueError on a bad port
+    except ValueError as exc:
+        raise UsageError(f"bad {what} URL {url!r}: {exc}") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise UsageError(f"bad {what} URL {url!r}: need http(s)://host[:port]")
+    return url.rstrip("/")

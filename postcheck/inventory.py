@@ -1,0 +1,288 @@
+"""Read the fleet from an Ansible inventory through `ansible-inventory --list`.
+
+Hostvars read (the roles' public variables; defaults in defaults.py):
+  gpu_workers hosts:  ansible_host, vllm_instances (list of {name, port, served_model_name|model}),
+                      vllm_api_key (optional; a vaulted value is decrypted with ansible-vault)
+  every host:         ansible_host, node_exporter_web_listen_address (its port)
+  first monitoring:   ansible_host, prometheus_web_listen_address, prometheus_scrape_interval
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from postcheck import defaults
+from postcheck.fleet import (
+    Fleet,
+    UsageError,
+    Worker,
+    format_host,
+    parse_duration,
+    split_listen_address,
+)
+
+INVENTORY_TIMEOUT_S = 120
+
+
+def find_tool(name: str) -> str:
+    """The Ansible executable next to this Python (its venv) first, then on PATH."""
+    beside = Path(sys.executable).parent / name
+    if beside.is_file() and os.access(beside, os.X_OK):
+        return str(beside)
+    found = shutil.which(name)
+    if found is None:
+        raise UsageError(
+            f"{name} not found next to {sys.executable} nor on PATH (install ansible-core)"
+        )
+    return found
+
+
+def _run(argv: list[str], what: str) -> subprocess.CompletedProcess[str]:
+    try:
+        proc = subprocess.run(
+            argv,
+            capture_output=True,
+            text=True,
+            timeout=INVENTORY_TIMEOUT_S,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,  # no controlling terminal: Ansible cannot prompt
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise UsageError(f"{what} failed: {exc}") from None
+    if proc.returncode != 0:
+        err = proc.stderr.strip().splitlines()
+        raise UsageError(f"{what} failed (exit {proc.returncode}): {' | '.join(err[-5:])}")
+    return proc
+
+
+def run_ansible_inventory(
+    inventory: str, vault_password_file: str | None
+) -> tuple[dict[str, Any], list[str]]:
+    """(the --list JSON, ansible-inventory's warnings: it exits 0 on an unparsable source)."""
+    argv = [find_tool("ansible-inventory"), "-i", inventory, "--list"]
+    if vault_password_file:
+        argv += ["--vault-password-file", vault_password_file]
+    proc = _run(argv, f"ansible-inventory -i {inventory}")
+    warnings = [line.strip() for line in proc.stderr.splitlines() if "WARNING" in line]
+    try:
+        data = json.loads(proc.stdout)
+    except json.JSONDecodeError as exc:
+        raise UsageError(f"ansible-inventory printed no JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise UsageError("ansible-inventory printed no JSON object")
+    return data, warnings
+
+
+def decrypt_vault(ciphertext: str, vault_password_file: str | None, what: str) -> str:
+    """Plain text of an inline-vaulted value (ansible-inventory --list leaves them encrypted)."""
+    with tempfile.TemporaryDirectory(prefix="postcheck-") as tmp:
+        path = Path(tmp) / "value.vault"
+        path.write_text(ciphertext)
+        argv = [find_tool("ansible-vault"), "decrypt", "--output", "-", str(path)]
+        if vault_password_file:
+            argv += ["--vault-password-file", vault_password_file]
+        try:
+            return _run(argv, f"decrypting {what} with ansible-vault").stdout.rstrip("\n")
+        except UsageError as exc:
+            raise UsageError(
+                f"{exc}\n  {what} is vault-encrypted: give --vault-password-file (or set "
+                "ANSIBLE_VAULT_PASSWORD_FILE), or pass the key with --api-key-env"
+            ) from None
+
+
+def group_hosts(data: Mapping[str, Any], group: str) -> list[str]:
+    """Hosts of a group and of its child groups, in inventory order, without duplicates."""
+    seen: list[str] = []
+    visiting: set[str] = set()
+
+    def walk(name: str) -> None:
+        if name in visiting:
+            return
+        visiting.add(name)
+        entry = data.get(name)
+        if not isinstance(entry, Mapping):
+            return
+        for host in entry.get("hosts", []) or []:
+            if host not in seen:
+                seen.append(str(host))
+        for child in entry.get("children", []) or []:
+            walk(str(child))
+
+    walk(group)
+    return seen
+
+
+def _plain(value: Any, what: str) -> Any:
+    """Refuse values ansible-inventory does not resolve: Jinja templates, vaulted non-secrets."""
+    if isinstance(value, str) and ("{{" in value or "{%" in value):
+        raise UsageError(
+            f"{what} is a Jinja template ({value!r}): ansible-inventory does not render "
+            "templates, so the post-check cannot know the value; set it literally"
+        )
+    if isinstance(value, Mapping) and "__ansible_vault" in value:
+        raise UsageError(f"{what} is vault-encrypted; only vllm_api_key may be")
+    return value
+
+
+def host_address(name: str, hostvars: Mapping[str, Any]) -> str:
+    address = _plain(hostvars.get("ansible_host", name), f"ansible_host of {name}")
+    return str(address)
+
+
+def _listen_target(
+    name: str, hostvars: Mapping[str, Any], var: str, default: str
+) -> tuple[str, int]:
+    raw = _plain(hostvars.get(var, default), f"{var} of {name}")
+    try:
+        host, port = split_listen_address(str(raw))
+    except UsageError as exc:
+        raise UsageError(f"{var} of {name}: {exc}") from None
+    if host in defaults.WILDCARD_HOSTS:
+        host = host_address(name, hostvars)
+    return host, port
+
+
+def _instances(name: str, hostvars: Mapping[str, Any]) -> list[tuple[str, int, str]]:
+    raw = _plain(hostvars.get("vllm_instances"), f"vllm_instances of {name}")
+    if raw is None:
+        raise UsageError(
+            f"host {name} of group {defaults.GPU_WORKERS_GROUP} has no vllm_instances hostvar"
+        )
+    if not isinstance(raw, Sequence) or isinstance(raw, str) or not raw:
+        raise UsageError(f"vllm_instances of {name} must be a non-empty list of mappings")
+    out: list[tuple[str, int, str]] = []
+    for i, item in enumerate(raw):
+        where = f"vllm_instances[{i}] of {name}"
+        if not isinstance(item, Mapping):
+            raise UsageError(f"{where} is not a mapping")
+        inst = str(_plain(item.get("name", ""), f"{where}.name"))
+        port = _plain(item.get("port"), f"{where}.port")
+        try:
+            port_n = int(port)
+        except (TypeError, ValueError):
+            port_n = 0
+        if not inst or not 0 < port_n < 65536:
+            raise UsageError(f"{where} needs a name and a port 1..65535 (got {dict(item)!r})")
+        model = _plain(
+            item.get("served_model_name", item.get("model")), f"{where}.served_model_name"
+        )
+        if isinstance(model, Sequence) and not isinstance(model, str):
+            model = model[0] if model else None  # vLLM's model_name label is the first name
+        if not model:
+            raise UsageError(f"{where} has neither served_model_name nor model")
+        out.append((inst, port_n, str(model)))
+    return out
+
+
+def _api_key(name: str, hostvars: Mapping[str, Any], vault_password_file: str | None) -> str | None:
+    raw = hostvars.get("vllm_api_key")
+    if raw is None or raw == "":
+        return None
+    if isinstance(raw, Mapping) and "__ansible_vault" in raw:
+        return decrypt_vault(
+            str(raw["__ansible_vault"]), vault_password_file, f"vllm_api_key of {name}"
+        )
+    return str(_plain(raw, f"vllm_api_key of {name}"))
+
+
+def fleet_from_inventory(
+    data: Mapping[str, Any],
+    *,
+    source: str,
+    vault_password_file: str | None = None,
+    api_key_override: str | None = None,
+) -> Fleet:
+    meta = data.get("_meta")
+    all_hostvars = meta.get("hostvars", {}) if isinstance(meta, Mapping) else {}
+
+    def hv(host: str) -> Mapping[str, Any]:
+        v = all_hostvars.get(host, {})
+        return v if isinstance(v, Mapping) else {}
+
+    worker_hosts = group_hosts(data, defaults.GPU_WORKERS_GROUP)
+    if not worker_hosts:
+        raise UsageError(f"inventory {source} has no hosts in group {defaults.GPU_WORKERS_GROUP}")
+    workers: list[Worker] = []
+    for host in worker_hosts:
+        vars_ = hv(host)
+        address = format_host(host_address(host, vars_))
+        key = api_key_override or _api_key(host, vars_, vault_password_file)
+        for inst, port, model in _instances(host, vars_):
+            workers.append(
+                Worker(
+                    label=f"{host}/{inst}",
+                    base_url=f"http://{address}:{port}",
+                    model=model,
+                    api_key=key,
+                )
+            )
+
+    # Like roles/prometheus/templates/file_sd.yml.j2: the host's address, the exporter's port.
+    nodes: list[str] = []
+    for host in group_hosts(data, "all"):
+        _, port = _listen_target(
+            host,
+            hv(host),
+            "node_exporter_web_listen_address",
+            defaults.NODE_EXPORTER_WEB_LISTEN_ADDRESS,
+        )
+        target = f"{format_host(host_address(host, hv(host)))}:{port}"
+        if target not in nodes:
+            nodes.append(target)
+
+    monitoring = group_hosts(data, defaults.MONITORING_GROUP)
+    prometheus_url: str | None = None
+    interval = parse_duration(defaults.PROMETHEUS_SCRAPE_INTERVAL)
+    missing = (
+        f"inventory has no host in group {defaults.MONITORING_GROUP} and no --prometheus was given"
+    )
+    if monitoring:
+        mon = monitoring[0]
+        h, port = _listen_target(
+            mon, hv(mon), "prometheus_web_listen_address", defaults.PROMETHEUS_WEB_LISTEN_ADDRESS
+        )
+        prometheus_url = f"http://{format_host(h)}:{port}"
+        raw_interval = _plain(
+            hv(mon).get("prometheus_scrape_interval", defaults.PROMETHEUS_SCRAPE_INTERVAL),
+            f"prometheus_scrape_interval of {mon}",
+        )
+        try:
+            interval = parse_duration(str(raw_interval))
+        except UsageError as exc:
+            raise UsageError(f"prometheus_scrape_interval of {mon}: {exc}") from None
+    return Fleet(
+        workers=tuple(workers),
+        node_targets=tuple(nodes),
+        prometheus_url=prometheus_url,
+        scrape_interval_s=interval,
+        source=source,
+        prometheus_missing_reason=missing,
+    )
+
+
+def load_fleet(
+    inventory: str, *, vault_password_file: str | None = None, api_key_override: str | None = None
+) -> Fleet:
+    if "," not in inventory and not os.path.exists(inventory):
+        raise UsageError(f"inventory {inventory} does not exist")
+    data, warnings = run_ansible_inventory(inventory, vault_password_file)
+    try:
+        return fleet_from_inventory(
+            data,
+            source=inventory,
+            vault_password_file=vault_password_file,
+            api_key_override=api_key_override,
+        )
+    except UsageError as exc:
+        if not warnings:
+            raise
+        raise UsageError(f"{exc}\n  ansible-inventory warned: {' | '.join(warnings[:4])}") from None

@@ -1,0 +1,114 @@
+"""Check results: one live line per check, a summary line, the JSON report."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass
+from typing import Any, Literal, TextIO
+
+import requests
+
+from postcheck.httpclient import describe_error
+
+Status = Literal["pass", "fail", "skip"]
+
+
+class CheckFailed(Exception):
+    """A check found something wrong; the message is the detail the report shows."""
+
+
+class CheckSkipped(Exception):
+    """A check cannot apply here (n/a panel, unreachable dependency); the message says why."""
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    name: str
+    target: str
+    status: Status
+    detail: str
+    duration: float
+
+
+class Reporter:
+    """Collects results from many threads and prints each one as it finishes."""
+
+    def __init__(self, out: TextIO, secrets: Iterable[str] = ()) -> None:
+        self._out = out
+        self._secrets = [s for s in secrets if s]
+        self._lock = threading.Lock()
+        self.results: list[CheckResult] = []
+
+    def redact(self, text: str) -> str:
+        for secret in self._secrets:
+            text = text.replace(secret, "***")
+        return text
+
+    def record(
+        self, name: str, target: str, status: Status, detail: str, duration: float
+    ) -> CheckResult:
+        one_line = " ".join(self.redact(detail).split())  # multi-line PromQL included
+        result = CheckResult(name, target, status, one_line, round(duration, 3))
+        with self._lock:
+            self.results.append(result)
+            line = f"{status.upper():<4}  {name}  {target}  {result.detail}"
+            print(line, file=self._out, flush=True)
+        return result
+
+    def run(self, name: str, target: str, fn: Callable[[], str]) -> CheckResult:
+        """Run one check: fn returns the pass detail or raises CheckFailed/CheckSkipped.
+
+        Any other exception becomes a failed check too: the post-check never dies of one check.
+        """
+        start = time.monotonic()
+        status: Status
+        try:
+            detail = fn()
+            status = "pass"
+        except CheckFailed as exc:
+            status, detail = "fail", str(exc)
+        except CheckSkipped as exc:
+            status, detail = "skip", str(exc)
+        except requests.RequestException as exc:
+            status, detail = "fail", describe_error(exc)
+        except Exception as exc:  # a bug or an unforeseen answer: report it, keep going
+            status, detail = "fail", f"unexpected {type(exc).__name__}: {exc}"
+        return self.record(name, target, status, detail, time.monotonic() - start)
+
+    def skip(self, name: str, target: str, reason: str) -> CheckResult:
+        return self.record(name, target, "skip", reason, 0.0)
+
+    def counts(self) -> dict[str, int]:
+        with self._lock:
+            statuses = [r.status for r in self.results]
+        return {
+            "passed": statuses.count("pass"),
+            "failed": statuses.count("fail"),
+            "skipped": statuses.count("skip"),
+            "total": len(statuses),
+        }
+
+    def summary_line(self) -> str:
+        c = self.counts()
+        line = f"{c['passed']} passed, {c['failed']} failed"
+        if c["skipped"]:
+            line += f", {c['skipped']} skipped (listed above as SKIP)"
+        return line
+
+    def exit_code(self) -> int:
+        return 1 if self.counts()["failed"] else 0
+
+    def to_json(self, extra_summary: dict[str, Any]) -> dict[str, Any]:
+        summary: dict[str, Any] = {**self.counts(), "exit_code": self.exit_code(), **extra_summary}
+        with self._lock:
+            checks = [asdict(r) for r in self.results]
+        return {"summary": summary, "checks": checks}
+
+
+def write_json(path: str, report: dict[str, Any]) -> None:
+    with open(path, "w", encoding="utf-8") as fh:
+        json.dump(report, fh, indent=2, sort_keys=False)
+        fh.write("\n")

@@ -1,0 +1,157 @@
+"""Checks of one vLLM instance on its own: /health, /v1/models, one completion, /metrics."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import requests
+
+from postcheck.fleet import Worker
+from postcheck.httpclient import describe_error, session, status_detail
+from postcheck.promtext import Exposition, ParseError, parse
+from postcheck.report import CheckFailed, CheckSkipped, Reporter
+
+PROMPT = "Hello"
+MAX_TOKENS = 4
+METRICS_ACCEPT = "text/plain;version=0.0.4"
+
+
+@dataclass
+class WorkerState:
+    """What the later phases need to know about an instance after its own checks."""
+
+    worker: Worker
+    model: str | None = None  # the served model name, confirmed by /v1/models
+    unreachable: str | None = None  # why nothing else can be asked
+    completion_ok: bool = False
+    metrics_ok: bool = False
+    not_loadable: str | None = None  # why the load is skipped (a failed check says more)
+
+
+def get_json(s: requests.Session, url: str, timeout: float) -> Any:
+    resp = s.get(url, timeout=timeout)
+    if resp.status_code != 200:
+        raise CheckFailed(status_detail(resp))
+    try:
+        return resp.json()
+    except ValueError:
+        raise CheckFailed(f"answer of {url} is not JSON: {resp.text[:120]!r}") from None
+
+
+def completion(
+    s: requests.Session, worker: Worker, model: str, timeout: float
+) -> requests.Response:
+    return s.post(
+        f"{worker.base_url}/v1/completions",
+        json={"model": model, "prompt": PROMPT, "max_tokens": MAX_TOKENS},
+        timeout=timeout,
+    )
+
+
+def fetch_metrics(s: requests.Session, worker: Worker, timeout: float) -> Exposition:
+    """The instance's /metrics, parsed; CheckFailed if unreachable or not Prometheus text."""
+    resp = s.get(f"{worker.base_url}/metrics", timeout=timeout, headers={"Accept": METRICS_ACCEPT})
+    if resp.status_code != 200:
+        raise CheckFailed(f"/metrics: {status_detail(resp)}")
+    try:
+        return parse(resp.text)
+    except ParseError as exc:
+        raise CheckFailed(f"/metrics is not Prometheus text format: {exc}") from None
+
+
+def require_vllm(expo: Exposition, model: str | None) -> str:
+    """Detail for a vLLM /metrics, or CheckFailed saying what it is instead."""
+    vllm_names = sorted(n for n in expo.names() if n.startswith("vllm:"))
+    if not vllm_names:
+        others = sorted({n.split("_")[0] for n in expo.names()})[:6]
+        raise CheckFailed(
+            f"/metrics has no vllm:* metrics ({len(expo.samples)} samples, prefixes {others}): "
+            "not a vLLM server, or started with --disable-log-stats"
+        )
+    models = expo.label_values("vllm:", "model_name")
+    if model is not None and model not in models:
+        raise CheckFailed(f"/metrics reports model_name {sorted(models)}, expected {model!r}")
+    engines = expo.label_values("vllm:", "engine")
+    return (
+        f"{len(vllm_names)} vllm:* sample names, model_name {sorted(models)}, "
+        f"engines {sorted(engines)}"
+    )
+
+
+def check_worker(worker: Worker, reporter: Reporter, timeout: float) -> WorkerState:
+    """health -> models -> completion -> metrics, each reported; returns what later phases need."""
+    state = WorkerState(worker=worker, model=worker.model)
+    t = worker.label
+    with session(worker.api_key) as s:
+
+        def health() -> str:
+            try:
+                resp = s.get(f"{worker.base_url}/health", timeout=timeout)
+            except requests.RequestException as exc:
+                state.unreachable = describe_error(exc)
+                raise
+            if resp.status_code != 200:
+                raise CheckFailed(f"/health: {status_detail(resp)}")
+            return f"/health 200 at {worker.base_url}"
+
+        def unreachable_guard() -> None:
+            if state.unreachable:
+                raise CheckSkipped(f"instance unreachable (see health): {state.unreachable}")
+
+        def models() -> str:
+            unreachable_guard()
+            body = get_json(s, f"{worker.base_url}/v1/models", timeout)
+            data = body.get("data") if isinstance(body, dict) else None
+            ids = (
+                [str(m.get("id")) for m in data if isinstance(m, dict)]
+                if isinstance(data, list)
+                else []
+            )
+            if not ids:
+                raise CheckFailed(f"/v1/models lists no model: {str(body)[:200]}")
+            if worker.model is None:
+                state.model = ids[0]
+                return f"serves {ids} (using {ids[0]!r})"
+            if worker.model not in ids:
+                raise CheckFailed(f"/v1/models lists {ids}, not the served model {worker.model!r}")
+            return f"serves {worker.model!r}"
+
+        def one_completion() -> str:
+            unreachable_guard()
+            if state.model is None:
+                raise CheckSkipped("no model name known (see models)")
+            resp = completion(s, worker, state.model, timeout)
+            if resp.status_code != 200:
+                raise CheckFailed(f"POST /v1/completions: {status_detail(resp)}")
+            try:
+                body = resp.json()
+                text = body["choices"][0]["text"]
+                usage = body.get("usage") or {}
+            except (ValueError, KeyError, IndexError, TypeError):
+                raise CheckFailed(
+                    f"completion answer has no choices[0].text: {resp.text[:200]!r}"
+                ) from None
+            if not isinstance(text, str):
+                raise CheckFailed("completion answer's choices[0].text is not a string")
+            state.completion_ok = True
+            return (
+                f"{state.model!r} answered {text!r} ({usage.get('completion_tokens', '?')} tokens)"
+            )
+
+        def metrics() -> str:
+            unreachable_guard()
+            detail = require_vllm(fetch_metrics(s, worker, timeout), state.model)
+            state.metrics_ok = True
+            return detail
+
+        reporter.run("health", t, health)
+        reporter.run("models", t, models)
+        reporter.run("completion", t, one_completion)
+        reporter.run("metrics", t, metrics)
+
+    if not state.completion_ok:
+        state.not_loadable = "the single completion failed (see completion)"
+    elif not state.metrics_ok:
+        state.not_loadable = "its /metrics is not usable (see metrics)"
+    return state

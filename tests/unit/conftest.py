@@ -1,0 +1,101 @@
+"""Fixtures: fake servers that stop after each test, inventories written into tmp_path."""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from fakes import FakePrometheus, FakeVLLM
+
+from postcheck.cli import main
+
+REPO = Path(__file__).resolve().parents[2]
+TEMPLATES = REPO / "templates"
+
+# Fast settings for runs against the fakes: the fake Prometheus shows new values at once.
+FAST = [
+    "--requests",
+    "6",
+    "--concurrency",
+    "4",
+    "--invalid",
+    "2",
+    "--load-seconds",
+    "0.4",
+    "--timeout",
+    "3",
+    "--scrape-interval",
+    "0.2s",
+]
+
+
+@pytest.fixture
+def servers() -> Iterator[list[Any]]:
+    started: list[Any] = []
+    yield started
+    for s in started:
+        s.stop()
+
+
+@pytest.fixture
+def fake_vllm(servers: list[Any]) -> Callable[..., FakeVLLM]:
+    def make(**kwargs: Any) -> FakeVLLM:
+        v = FakeVLLM(**kwargs)
+        v.start()
+        servers.append(v)
+        return v
+
+    return make
+
+
+@pytest.fixture
+def fake_prometheus(servers: list[Any]) -> Callable[..., FakePrometheus]:
+    def make(vllms: list[FakeVLLM], node_targets: tuple[str, ...] = ()) -> FakePrometheus:
+        p = FakePrometheus(vllms, node_targets)
+        p.start()
+        servers.append(p)
+        return p
+
+    return make
+
+
+def write_inventory(tmp_path: Path, data: dict[str, Any]) -> Path:
+    path = tmp_path / "hosts.yml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+class Result:
+    def __init__(self, code: int, out: str, report: dict[str, Any] | None) -> None:
+        self.code = code
+        self.out = out
+        self.report = report or {}
+
+    def checks(self, name: str, status: str | None = None) -> list[dict[str, Any]]:
+        return [
+            c
+            for c in self.report.get("checks", [])
+            if c["name"] == name and (status is None or c["status"] == status)
+        ]
+
+    def by_status(self, status: str) -> list[dict[str, Any]]:
+        return [c for c in self.report.get("checks", []) if c["status"] == status]
+
+
+@pytest.fixture
+def run_postcheck(tmp_path: Path) -> Callable[..., Result]:
+    def run(*args: str) -> Result:
+        report_path = tmp_path / "report.json"
+        if report_path.exists():
+            report_path.unlink()
+        out = io.StringIO()
+        code = main([*args, "--json", str(report_path)], out=out)
+        report = json.loads(report_path.read_text()) if report_path.exists() else None
+        return Result(code, out.getvalue(), report)
+
+    return run

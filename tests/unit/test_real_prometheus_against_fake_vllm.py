@@ -1,0 +1,105 @@
+"""The post-check against a REAL Prometheus (Debian's package) scraping fake vLLMs.
+
+Proves the PromQL the post-check and the dashboard send (sum, count, max_over_time,
+histogram_quantile, the `or 0 *` fallback) and the instance labels work on the real thing.
+Skipped where the prometheus binary is not installed.
+"""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import requests
+from conftest import Result
+from fakes import FakeVLLM
+
+PROMETHEUS = shutil.which("prometheus")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def real_prometheus(tmp_path: Path) -> Iterator[Callable[[list[FakeVLLM], list[str]], str]]:
+    procs: list[subprocess.Popen[bytes]] = []
+
+    def start(vllms: list[FakeVLLM], nodes: list[str]) -> str:
+        port = free_port()
+        vllm_targets = "\n".join(
+            f"      - targets: ['{v.instance}']\n"
+            f"        labels: {{host: w{i}, vllm_instance: main}}"
+            for i, v in enumerate(vllms)
+        )
+        (tmp_path / "prometheus.yml").write_text(
+            "global: {scrape_interval: 500ms, scrape_timeout: 500ms}\n"
+            "scrape_configs:\n"
+            "  - job_name: vllm\n    static_configs:\n" + vllm_targets + "\n"
+            "  - job_name: node\n    static_configs:\n"
+            f"      - targets: {nodes!r}\n"
+        )
+        assert PROMETHEUS is not None, "no prometheus: make setup installs it"
+        procs.append(
+            subprocess.Popen(
+                [
+                    PROMETHEUS,
+                    f"--config.file={tmp_path / 'prometheus.yml'}",
+                    f"--storage.tsdb.path={tmp_path / 'data'}",
+                    f"--web.listen-address=127.0.0.1:{port}",
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+        )
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            try:
+                if requests.get(f"{url}/-/ready", timeout=1).status_code == 200:
+                    return url
+            except requests.RequestException:
+                pass
+            time.sleep(0.1)
+        pytest.fail("prometheus did not become ready")
+
+    yield start
+    for p in procs:
+        p.terminate()
+        p.wait(timeout=10)
+
+
+def test_full_pass_with_real_prometheus_against_fake_vllm(
+    fake_vllm: Callable[..., FakeVLLM],
+    real_prometheus: Callable[[list[FakeVLLM], list[str]], str],
+    run_postcheck: Callable[..., Result],
+) -> None:
+    vllm = fake_vllm(capacity=2, delay=0.03)
+    node = fake_vllm(metrics="node")  # stands in for node_exporter: any /metrics will do
+    prom = real_prometheus([vllm], [node.instance])
+
+    r = run_postcheck(
+        "--worker",
+        f"{vllm.url},tiny",
+        "--prometheus",
+        prom,
+        "--node-exporter",
+        node.instance,
+        *("--scrape-interval", "500ms", "--requests", "8", "--concurrency", "6", "--timeout", "5"),
+    )  # no --load-seconds: two scrape intervals by default
+
+    assert r.code == 0, r.out
+    assert r.report["summary"]["failed"] == 0
+    assert len(r.checks("dashboard", "pass")) == 12
+    assert r.checks("prometheus.queue_depth:vllm:num_requests_waiting", "pass")
+    assert {c["target"] for c in r.checks("prometheus.up", "pass")} == {
+        f"vllm/{vllm.instance}",
+        f"node/{node.instance}",
+    }
