@@ -11,7 +11,7 @@ LAB_INV     := inventory/lab
 LABCTL      := lab/labctl
 # One place pins vLLM: the role's default.
 VLLM_VERSION := $(shell sed -n 's/^vllm_version: "\(.*\)"/\1/p' roles/vllm/defaults/main.yml)
-APT_PACKAGES := systemd-container debootstrap nftables iproute2 openssh-client prometheus python3-venv
+APT_PACKAGES := systemd-container debootstrap nftables iproute2 openssh-client prometheus
 LAB_BINDS   := --bind-ro $(WHEELHOUSE):/opt/wheelhouse --bind-ro $(MODELS):/srv/models
 PLAYBOOK    := ANSIBLE_CONFIG=ansible.cfg $(BIN)/ansible-playbook
 
@@ -85,7 +85,7 @@ unit: venv
 	$(BIN)/pytest -q tests/unit
 
 test: setup lint
-	$(BIN)/pytest -v -p no:cacheprovider tests
+	$(BIN)/pytest -v -p no:cacheprovider tests/unit tests/lab
 
 clean: lab-down
 	rm -rf $(VENV) postcheck-report.json
