@@ -156,6 +156,14 @@ def build_parser() -> argparse.ArgumentParser:
         "exceed the server's --max-num-seqs for requests to queue",
     )
     load.add_argument(
+        "--max-tokens",
+        type=_positive_int,
+        default=defaults.LOAD_MAX_TOKENS,
+        metavar="T",
+        help=f"tokens each load completion generates, EOS ignored (default "
+        f"{defaults.LOAD_MAX_TOKENS}): long requests keep the queue filled between scrapes",
+    )
+    load.add_argument(
         "--invalid",
         type=_count,
         default=defaults.INVALID_REQUESTS,
@@ -293,6 +301,7 @@ def main(argv: list[str] | None = None, out: TextIO | None = None) -> int:
             requests=args.requests,
             concurrency=args.concurrency,
             invalid=args.invalid,
+            max_tokens=args.max_tokens,
             timeout_s=args.timeout,
             load_seconds=args.load_seconds,
             vllm_job=args.vllm_job,

@@ -25,6 +25,10 @@ NODE_JOB = "node"
 REQUESTS = 24
 CONCURRENCY = 8
 INVALID_REQUESTS = 2
+# Tokens each load completion generates (EOS ignored): long enough that a request holds its
+# batch slot for a while, so with CONCURRENCY above --max-num-seqs requests keep queueing
+# for the whole load and every Prometheus scrape in it sees the queue.
+LOAD_MAX_TOKENS = 32
 
 # Seconds one HTTP request may take before its check fails.
 TIMEOUT_S = 15.0

@@ -37,6 +37,7 @@ class LoadPlan:
     concurrency: int
     invalid: int
     min_seconds: float
+    max_tokens: int
     timeout_s: float
     poll_interval_s: float = 0.2
 
@@ -185,7 +186,11 @@ def run_load(
                         result.completions_sent += 1
                 try:
                     resp = completion(
-                        s, worker, INVALID_MODEL if invalid else model, plan.timeout_s
+                        s,
+                        worker,
+                        INVALID_MODEL if invalid else model,
+                        plan.timeout_s,
+                        max_tokens=plan.max_tokens,
                     )
                 except requests.RequestException as exc:
                     with lock:

@@ -39,6 +39,7 @@ class Options:
     requests: int
     concurrency: int
     invalid: int
+    max_tokens: int
     timeout_s: float
     load_seconds: float | None  # None: two scrape intervals
     vllm_job: str
@@ -121,6 +122,7 @@ class Run:
             requests=self.opt.requests,
             concurrency=self.opt.concurrency,
             invalid=self.opt.invalid,
+            max_tokens=self.opt.max_tokens,
             min_seconds=self.load_seconds,
             timeout_s=self.opt.timeout_s,
         )

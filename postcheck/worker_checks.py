@@ -40,13 +40,17 @@ def get_json(s: requests.Session, url: str, timeout: float) -> Any:
 
 
 def completion(
-    s: requests.Session, worker: Worker, model: str, timeout: float
+    s: requests.Session,
+    worker: Worker,
+    model: str,
+    timeout: float,
+    max_tokens: int = MAX_TOKENS,
 ) -> requests.Response:
-    return s.post(
-        f"{worker.base_url}/v1/completions",
-        json={"model": model, "prompt": PROMPT, "max_tokens": MAX_TOKENS},
-        timeout=timeout,
-    )
+    """POST one completion; beyond the smallest, EOS is ignored so its length is fixed."""
+    body: dict[str, object] = {"model": model, "prompt": PROMPT, "max_tokens": max_tokens}
+    if max_tokens > MAX_TOKENS:
+        body["ignore_eos"] = True  # vLLM's extension of the OpenAI API
+    return s.post(f"{worker.base_url}/v1/completions", json=body, timeout=timeout)
 
 
 def fetch_metrics(s: requests.Session, worker: Worker, timeout: float) -> Exposition:

@@ -112,6 +112,7 @@ class FakeVLLM(_Base):
         self.waiting = 0
         self.peak = {"vllm:num_requests_running": 0.0, "vllm:num_requests_waiting": 0.0}
         self.success = dict.fromkeys(FINISH_REASONS, 0)
+        self.completion_bodies: list[dict[str, Any]] = []
         self.rejections = {"max_num_queued_reqs": 0, "max_num_queued_tokens": 0}
         self.hist: dict[str, list[float]] = {}  # name -> [count, sum, *bucket counts]
         self.http: dict[tuple[str, str, str], int] = {}
@@ -200,6 +201,7 @@ class FakeVLLM(_Base):
             )
         if path == "/v1/completions" and method == "POST":
             payload = json.loads(body or b"{}")
+            self.completion_bodies.append(payload)
             if payload.get("model") != self.model:
                 with self.cond:
                     self._count_http(path, method, 404)

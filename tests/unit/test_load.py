@@ -31,7 +31,9 @@ def test_load_counts_exactly_against_fake_vllm(fake_vllm: Callable[..., FakeVLLM
         for m in s.metrics
         if m.kind == "counter_delta"
     ]
-    plan = LoadPlan(requests=5, concurrency=4, invalid=1, min_seconds=0.3, timeout_s=3)
+    plan = LoadPlan(
+        requests=5, concurrency=4, invalid=1, min_seconds=0.3, max_tokens=32, timeout_s=3
+    )
 
     out = run_load(Worker("w", v.url, "tiny"), "tiny", plan, counters, GAUGES)
 
@@ -45,13 +47,18 @@ def test_load_counts_exactly_against_fake_vllm(fake_vllm: Callable[..., FakeVLLM
         out.before.sum("vllm:e2e_request_latency_seconds_count") or 0
     )
     assert delta == r.completions_ok
+    # Load requests are long and fixed-length, so they hold batch slots and the queue fills.
+    loads = [b for b in v.completion_bodies if b.get("model") == "tiny"]
+    assert loads and all(b["max_tokens"] == 32 and b["ignore_eos"] is True for b in loads)
 
 
 def test_load_reports_failures_against_fake_vllm(
     fake_vllm: Callable[..., FakeVLLM], tmp_path: Path
 ) -> None:
     v = fake_vllm(api_key="k")  # the load sends no key: every request is refused with 401
-    plan = LoadPlan(requests=2, concurrency=2, invalid=1, min_seconds=0, timeout_s=3)
+    plan = LoadPlan(
+        requests=2, concurrency=2, invalid=1, min_seconds=0, max_tokens=32, timeout_s=3
+    )
 
     r = run_load(Worker("w", v.url, "tiny"), "tiny", plan, [], GAUGES).result
 
