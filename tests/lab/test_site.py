@@ -58,6 +58,51 @@ def test_postcheck_passes_with_the_six_signals(lab: dict[str, object], tmp_path:
         assert signal in names, f"no check for the design signal {signal}"
 
 
+TINY = {"name": "tiny", "port": 8000, "model": "/srv/models/tiny-llama"}
+BAD_INPUTS = [
+    ("instance name", {"vllm_instances": [{**TINY, "name": "Bad_Name"}]},
+     "vllm_instances[0].name=Bad_Name"),
+    ("port not a number", {"vllm_instances": [{**TINY, "port": "eighty"}]}, "port"),
+    ("port of node_exporter", {"vllm_instances": [{**TINY, "port": 9100}]},
+     "(tiny).port=9100"),
+    ("port out of range", {"vllm_instances": [{**TINY, "port": 70000}]}, "(tiny).port=70000"),
+    ("clashing ports", {"vllm_instances": [TINY, {**TINY, "name": "tiny-b"}]},
+     "ports [8000, 8000]"),
+    ("duplicate names", {"vllm_instances": [TINY, {**TINY, "port": 8001}]},
+     "names ['tiny', 'tiny']"),
+    ("missing model", {"vllm_instances": [{"name": "tiny", "port": 8000}]}, "model"),
+    ("bad model path", {"vllm_instances": [{**TINY, "model": "/srv/models/nope"}]},
+     "model=/srv/models/nope: no such folder"),
+    ("disable-log-stats", {"vllm_instances": [{**TINY, "args": {"disable-log-stats": True}}]},
+     "disable-log-stats"),
+    ("api key on the command line", {"vllm_instances": [{**TINY, "args": {"api-key": "x"}}]},
+     "api-key"),
+    ("unknown device", {"vllm_device": "tpu"}, "vllm_device"),
+    ("misspelled instance key", {"vllm_instances": [{**TINY, "prot": 8001}]}, "prot"),
+    ("gpus not integers", {"vllm_instances": [{**TINY, "gpus": ["a"]}]}, "gpus"),
+    ("engine args not a mapping", {"vllm_engine_args": "--max-num-seqs 4"}, "vllm_engine_args"),
+    ("default Grafana password", {"grafana_admin_password": "admin"}, "grafana_admin_password"),
+    ("scrape interval", {"prometheus_scrape_interval": "fast"}, "prometheus_scrape_interval=fast"),
+    ("node_exporter address", {"node_exporter_web_listen_address": "9100"},
+     "node_exporter_web_listen_address=9100"),
+]
+
+
+@pytest.mark.parametrize(("case", "extra", "message"), BAD_INPUTS, ids=[b[0] for b in BAD_INPUTS])
+def test_bad_input_is_refused_before_any_host_changes(
+    lab: dict[str, object], tmp_path: Path, case: str, extra: dict[str, object], message: str
+) -> None:
+    extra_file = tmp_path / "extra.json"
+    extra_file.write_text(json.dumps(extra))
+    proc = playbook("site.yml", "-e", f"@{extra_file}", check=False)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode != 0, f"{case}: accepted"
+    assert message in output, f"{case}: the error does not name {message!r}"
+    hosts = recap(proc.stdout)
+    assert hosts and all(h["changed"] == 0 for h in hosts.values()), f"{case}: a host changed"
+    assert "Preflight" in output or "Check the inventory before any host changes" in output
+
+
 def test_grafana_provisioning_files_are_written(lab: dict[str, object]) -> None:
     proc = run([str(BIN / "ansible"), "-i", str(LAB_INVENTORY), "monitoring", "-m",
                 "ansible.builtin.command",
