@@ -9,15 +9,17 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, TextIO
 
-from postcheck import defaults
-from postcheck.dashboards import load_dashboards
+from postcheck import defaults, paths
+from postcheck.dashboards import load_dashboards, panel_queries
 from postcheck.fleet import Fleet, UsageError, Worker, host_port, normalize_url, parse_duration
+from postcheck.grafana import GrafanaAccess
 from postcheck.inventory import load_fleet
-from postcheck.report import Reporter, write_json
-from postcheck.runner import Options, run
-from postcheck.signals import load_signals
+from postcheck.report import Reporter, junit_xml, write_json, write_junit
+from postcheck.runner import Options, raise_open_files_limit, run
+from postcheck.signals import SignalSet, load_signals
+from postcheck.vllm_metrics import VersionPlan, pinned_version, project_uses, version_plan
 
-TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
+TEMPLATES = paths.TEMPLATES
 
 DESCRIPTION = """\
 End-to-end post-check of a vLLM fleet: every vLLM instance, its load, its metrics in
@@ -29,6 +31,11 @@ Checks, in order (independent ones run concurrently; one failure never stops the
   models           GET /v1/models lists the instance's served model name
   completion       one POST /v1/completions ("Hello", max_tokens 4) is answered
   metrics          GET /metrics is vLLM's (vllm:* series, model_name = the served model)
+  metrics.families GET /version against the pinned release (roles/vllm/defaults/main.yml's
+                   vllm_version, a host's vllm_version, or --expected-vllm-version): every
+                   metric family templates/signals.yml and the dashboards query must be in
+                   /metrics (names resolved with templates/vllm-metrics/<pinned>.txt); the
+                   detail always says both versions and, if any, the missing families
   prometheus.up    up == 1 for every target the inventory implies: job vllm (one per
                    instance, host:port) and job node (every host, node_exporter's port)
   load             per instance, waves of N completions + K invalid requests (unknown model,
@@ -42,8 +49,17 @@ Checks, in order (independent ones run concurrently; one failure never stops the
                    the gauges over the load > 0, up == 1
   dashboard        every panel query of every dashboard JSON returns data (panels whose
                    description has a line "postcheck: n/a: <reason>" are listed as SKIP)
+  grafana          (where Grafana runs) GET /api/health: database ok
+  grafana.datasource  GET /api/datasources/uid/prometheus/health: status OK
+  grafana.dashboard   every dashboard the grafana role provisions is in Grafana, found by
+                   the uid of its file: GET /api/dashboards/uid/<uid> (the other files of
+                   --dashboards are listed as SKIP, saying why)
+                   Grafana unreachable: its check fails, the other two are skipped, the rest
+                   of the post-check runs; no Grafana known: all three listed as SKIP
 
-Output: one line per check "PASS|FAIL|SKIP  name  target  detail", then "N passed, M failed".
+Output: one line per check "PASS|FAIL|SKIP  name  target  detail", then "N passed, M failed";
+--json writes every check and a summary, --junit the same as JUnit XML for CI systems.
+Every instance is loaded at once; Prometheus is polled for all instances together.
 Run it against an otherwise idle fleet: other traffic changes the counters it compares.
 """
 
@@ -51,19 +67,37 @@ EPILOG = """\
 inventory hostvars read (defaults mirror the roles' defaults/main.yml):
   gpu_workers hosts   ansible_host, vllm_instances (name, port, served_model_name or model),
                       vllm_api_key (sent as Bearer, never printed; a vaulted value is
-                      decrypted with ansible-vault)
+                      decrypted with ansible-vault), vllm_version (the host's own pinned
+                      release; default: roles/vllm/defaults/main.yml's)
   every host          node_exporter_web_listen_address (its port; default 0.0.0.0:9100)
   first monitoring    prometheus_web_listen_address (default 0.0.0.0:9090; host 0.0.0.0
-                      means the host's ansible_host), prometheus_scrape_interval (default 15s)
+                      means the host's ansible_host), prometheus_scrape_interval (default 15s),
+                      grafana_mode (default local: Grafana at http://<grafana_http_addr, or
+                      ansible_host for 0.0.0.0>:<grafana_http_port, default 3000>, https if
+                      grafana_ini.server.protocol says so; external: at grafana_url, with
+                      grafana_validate_certs), grafana_install_package (default true; false
+                      in local mode: the Grafana checks are listed as SKIP),
+                      grafana_dashboards (default vllm-fleet, gpu-host), grafana_gateway_group
+                      (default gateways: with hosts, the gateway dashboard too),
+                      grafana_admin_user (default admin; the user when only the password
+                      variable is set)
 Prometheus targets are matched on instance="<ansible_host or name>:<port>".
 
+Grafana credentials come from the environment only: $GRAFANA_USER and $GRAFANA_PASSWORD, or
+a service account token in $GRAFANA_TOKEN (or the variables --grafana-user-env,
+--grafana-password-env, --grafana-token-env name); they are never printed. Without them
+Grafana is asked anonymously (/api/health needs no login).
+
 exit status: 0 every check passed (skips allowed), 1 a check failed,
-2 bad usage or input (no workers in the inventory, bad URL, unreadable file).
+2 bad usage or input (no workers in the inventory, bad URL, unreadable file, no metric
+family list for the pinned vLLM release).
 
 examples:
-  postcheck -i inventory/lab --json postcheck.json
+  postcheck -i inventory/lab --json postcheck.json --junit postcheck.xml
   postcheck --worker http://10.0.0.5:8000,tiny --worker http://10.0.0.6:8000 \\
             --prometheus http://10.0.0.2:9090 --node-exporter 10.0.0.5:9100
+  GRAFANA_USER=admin GRAFANA_PASSWORD=... postcheck -i inventory/prod \\
+            --grafana http://10.0.0.2:3000 --expected-vllm-version 0.32.0
 """
 
 
@@ -133,6 +167,12 @@ def build_parser() -> argparse.ArgumentParser:
         "an inventory, the Prometheus and dashboard checks are skipped",
     )
     src.add_argument(
+        "--grafana",
+        metavar="URL",
+        help="Grafana base URL (overrides the inventory's); without it and without an "
+        "inventory whose monitoring host runs Grafana, the Grafana checks are skipped",
+    )
+    src.add_argument(
         "--node-exporter",
         action="append",
         default=[],
@@ -194,6 +234,50 @@ def build_parser() -> argparse.ArgumentParser:
     )
     misc.add_argument("--json", metavar="FILE", help="write the JSON report there")
     misc.add_argument(
+        "--junit",
+        metavar="FILE",
+        help="write a JUnit XML report there (a testcase per check, classname = the check "
+        "name's first segment; failures and skips with their detail)",
+    )
+    misc.add_argument(
+        "--grafana-user-env",
+        metavar="VAR",
+        help=f"read the Grafana user from this environment variable (default "
+        f"{defaults.GRAFANA_USER_ENV})",
+    )
+    misc.add_argument(
+        "--grafana-password-env",
+        metavar="VAR",
+        help=f"read the Grafana password from this environment variable (default "
+        f"{defaults.GRAFANA_PASSWORD_ENV}); it is never printed",
+    )
+    misc.add_argument(
+        "--grafana-password-file",
+        metavar="FILE",
+        type=Path,
+        help="read the Grafana password from the first line of this file (keep it mode 0600); "
+        "wins over the environment. Neither the file's content nor the password is printed",
+    )
+    misc.add_argument(
+        "--grafana-token-env",
+        metavar="VAR",
+        help=f"read a Grafana service account token from this environment variable "
+        f"(default {defaults.GRAFANA_TOKEN_ENV}); used instead of user and password when set",
+    )
+    misc.add_argument(
+        "--grafana-dashboards",
+        metavar="NAMES",
+        help="dashboards Grafana must have, comma-separated file names without .json "
+        "(default: the inventory's grafana_dashboards, plus gateway while the gateways group "
+        f"has hosts, like the grafana role; else {','.join(defaults.GRAFANA_DASHBOARDS)})",
+    )
+    misc.add_argument(
+        "--expected-vllm-version",
+        metavar="VERSION",
+        help="the vLLM release every instance should run (default: vllm_version of "
+        "roles/vllm/defaults/main.yml, or a host's own vllm_version hostvar)",
+    )
+    misc.add_argument(
         "--api-key-env",
         metavar="VAR",
         help="read the vLLM API key from this environment variable (overrides vllm_api_key)",
@@ -228,6 +312,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=TEMPLATES / "signals.yml",
         metavar="FILE",
         help="signal definitions (default: the repo's templates/signals.yml)",
+    )
+    misc.add_argument(
+        "--vllm-metrics",
+        type=Path,
+        default=paths.VLLM_METRICS,
+        metavar="DIR",
+        help="metric family lists, one <version>.txt per vLLM release (default: the repo's "
+        "templates/vllm-metrics)",
     )
     return p
 
@@ -275,6 +367,14 @@ def fleet_from_args(args: argparse.Namespace) -> Fleet:
     changes: dict[str, Any] = {}
     if args.prometheus:
         changes["prometheus_url"] = normalize_url(args.prometheus, "--prometheus")
+    if args.grafana:
+        url = normalize_url(args.grafana, "--grafana")
+        if "@" in url.split("://", 1)[1].split("/", 1)[0]:
+            raise UsageError(
+                "--grafana URL carries credentials: put them in $GRAFANA_USER and "
+                "$GRAFANA_PASSWORD instead (they are never printed)"
+            )
+        changes["grafana_url"] = url
     if args.scrape_interval:
         changes["scrape_interval_s"] = args.scrape_interval
     if changes:
@@ -283,6 +383,79 @@ def fleet_from_args(args: argparse.Namespace) -> Fleet:
     if len(set(labels)) != len(labels):
         raise UsageError(f"the same vLLM instance is listed twice: {labels}")
     return fleet
+
+
+def _env(var: str, explicit: bool, option: str) -> str | None:
+    value = os.environ.get(var) or None
+    if explicit and value is None:
+        raise UsageError(f"{option} {var}: that environment variable is empty or unset")
+    return value
+
+
+def grafana_access(args: argparse.Namespace, fleet: Fleet) -> GrafanaAccess:
+    user_var = args.grafana_user_env or defaults.GRAFANA_USER_ENV
+    password_var = args.grafana_password_env or defaults.GRAFANA_PASSWORD_ENV
+    token_var = args.grafana_token_env or defaults.GRAFANA_TOKEN_ENV
+    if args.grafana_dashboards is not None:
+        dashboards = tuple(d.strip() for d in args.grafana_dashboards.split(",") if d.strip())
+        source = "--grafana-dashboards"
+    elif fleet.grafana_dashboards is not None:
+        dashboards, source = fleet.grafana_dashboards, "the inventory's grafana_dashboards"
+    else:
+        dashboards = defaults.GRAFANA_DASHBOARDS
+        source = "the grafana role's default grafana_dashboards"
+    common: dict[str, Any] = {
+        "user_var": user_var,
+        "password_var": password_var,
+        "token_var": token_var,
+        "dashboards": dashboards,
+        "dashboards_from": source,
+        "verify_tls": fleet.grafana_verify_tls,
+    }
+    if fleet.grafana_url is None:
+        return GrafanaAccess(None, fleet.grafana_missing_reason, **common)
+    token = _env(token_var, bool(args.grafana_token_env), "--grafana-token-env")
+    user = _env(user_var, bool(args.grafana_user_env), "--grafana-user-env")
+    password = _env(password_var, bool(args.grafana_password_env), "--grafana-password-env")
+    if args.grafana_password_file is not None:
+        try:
+            password = args.grafana_password_file.read_text().splitlines()[0]
+        except (OSError, IndexError):
+            raise UsageError(
+                f"--grafana-password-file {args.grafana_password_file}: cannot read a password"
+            ) from None
+    if token:
+        return GrafanaAccess(fleet.grafana_url, "", None, None, token=token, **common)
+    if password and not user:
+        user = fleet.grafana_admin_user or defaults.GRAFANA_ADMIN_USER
+    if user and not password:
+        raise UsageError(
+            f"${user_var} is set but ${password_var} is empty: give both (or a token in "
+            f"${token_var}), or none to ask Grafana anonymously"
+        )
+    return GrafanaAccess(fleet.grafana_url, "", user, password, **common)
+
+
+def versions_plan(args: argparse.Namespace, fleet: Fleet, signals: SignalSet) -> VersionPlan:
+    if args.expected_vllm_version:
+        default, source = args.expected_vllm_version.strip(), "--expected-vllm-version"
+    else:
+        default = pinned_version(paths.VLLM_ROLE_DEFAULTS)
+        source = str(paths.VLLM_ROLE_DEFAULTS.relative_to(paths.REPO))
+    dashboards, _ = load_dashboards(args.dashboards)
+    uses = project_uses(
+        (m.name for s in signals.signals for m in s.metrics if m.kind != "up"),
+        args.signals.name,
+        {d.file: [q.expr for q in panel_queries(d)[0]] for d in dashboards},
+    )
+    return version_plan(
+        args.vllm_metrics,
+        default,
+        source,
+        bool(args.expected_vllm_version),
+        (w.vllm_version for w in fleet.workers),
+        uses,
+    )
 
 
 def main(argv: list[str] | None = None, out: TextIO | None = None) -> int:
@@ -297,6 +470,7 @@ def main(argv: list[str] | None = None, out: TextIO | None = None) -> int:
         fleet = fleet_from_args(args)
         signals = load_signals(args.signals)
         load_dashboards(args.dashboards)  # the folder must exist; broken files fail later as checks
+        grafana = grafana_access(args, fleet)
         options = Options(
             requests=args.requests,
             concurrency=args.concurrency,
@@ -308,8 +482,12 @@ def main(argv: list[str] | None = None, out: TextIO | None = None) -> int:
             node_job=args.node_job,
             dashboards_dir=args.dashboards,
             signals=signals,
+            versions=versions_plan(args, fleet, signals),
+            grafana=grafana,
         )
-        reporter = Reporter(out, secrets=fleet.secrets)
+        secrets = [*fleet.secrets, *(x for x in (grafana.password, grafana.token) if x)]
+        reporter = Reporter(out, secrets=secrets)
+        raise_open_files_limit()
         extra = run(fleet, options, reporter)
     except UsageError as exc:
         print(
@@ -319,6 +497,8 @@ def main(argv: list[str] | None = None, out: TextIO | None = None) -> int:
         print(f"postcheck: error: {exc}", file=sys.stderr)
         if args is not None and args.json:
             _try_write(args.json, {"summary": {"error": str(exc), "exit_code": 2}, "checks": []})
+        if args is not None and args.junit:
+            _try_write_junit(args.junit, junit_xml([], error=str(exc)))
         return 2
     except KeyboardInterrupt:
         print("postcheck: interrupted", file=sys.stderr)
@@ -330,12 +510,30 @@ def main(argv: list[str] | None = None, out: TextIO | None = None) -> int:
     report = reporter.to_json(extra)
     if args.json and not _try_write(args.json, report):
         return 2
+    if args.junit:
+        xml = junit_xml(
+            reporter.checks(),
+            timestamp=str(extra.get("started")),
+            duration=float(extra.get("duration", 0.0)),
+            properties={"source": fleet.source, "prometheus": fleet.prometheus_url or "-"},
+        )
+        if not _try_write_junit(args.junit, xml):
+            return 2
     return reporter.exit_code()
 
 
 def _try_write(path: str, report: dict[str, Any]) -> bool:
     try:
         write_json(path, report)
+    except OSError as exc:
+        print(f"postcheck: error: cannot write {path}: {exc}", file=sys.stderr)
+        return False
+    return True
+
+
+def _try_write_junit(path: str, xml: bytes) -> bool:
+    try:
+        write_junit(path, xml)
     except OSError as exc:
         print(f"postcheck: error: cannot write {path}: {exc}", file=sys.stderr)
         return False

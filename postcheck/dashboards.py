@@ -1,8 +1,9 @@
 """Every panel query of the provisioned dashboards must return data from the fleet's Prometheus.
 
 Grafana variables are replaced the way a user opening the dashboard would see them: `$job` by
-the vLLM job, variables with "All" by their allValue (".*"), others by their current value;
-`$__rate_interval` by max(4 x scrape interval, 1m), `$__interval` by the scrape interval.
+the vLLM job, `$node_job` by node_exporter's, variables with "All" by their allValue (".*"),
+others by their current value; `$__rate_interval` by max(4 x scrape interval, 1m),
+`$__interval` by the scrape interval.
 
 A panel that cannot have data on some fleets (GPU panels on CPU hosts, a gateway that is not
 deployed yet) says so in its description with a line `postcheck: n/a: <reason>`; the post-check
@@ -82,8 +83,14 @@ def na_reason(panel: Mapping[str, Any]) -> str | None:
 
 
 def variable_values(
-    dashboard: Mapping[str, Any], *, job: str, scrape_interval_s: float, range_s: float
+    dashboard: Mapping[str, Any],
+    *,
+    job: str,
+    scrape_interval_s: float,
+    range_s: float,
+    node_job: str | None = None,
 ) -> dict[str, str]:
+    """Values of every variable; `job` is the vLLM job, `node_job` (if given) node_exporter's."""
     values = {
         "__rate_interval": prom_duration(max(4 * scrape_interval_s, 60)),
         "__interval": prom_duration(scrape_interval_s),
@@ -102,6 +109,8 @@ def variable_values(
         value: Any = current.get("value") if current else None
         if name == "job":
             value = job
+        elif name == "node_job" and node_job is not None:
+            value = node_job
         elif var.get("includeAll"):
             value = var.get("allValue") or ".*"
         elif isinstance(value, list):

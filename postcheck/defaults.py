@@ -17,6 +17,20 @@ PROMETHEUS_SCRAPE_INTERVAL = "15s"
 # roles/node_exporter/defaults/main.yml
 NODE_EXPORTER_WEB_LISTEN_ADDRESS = "0.0.0.0:9100"
 
+# roles/grafana/defaults/main.yml
+GRAFANA_MODE = "local"  # local: a server on the monitoring host; external: grafana_url
+GRAFANA_INSTALL_PACKAGE = True
+GRAFANA_HTTP_ADDR = "0.0.0.0"
+GRAFANA_HTTP_PORT = 3000
+GRAFANA_ADMIN_USER = "admin"
+GRAFANA_DASHBOARDS = ("vllm-fleet", "gpu-host")
+GRAFANA_GATEWAY_GROUP = "gateways"
+GRAFANA_VALIDATE_CERTS = True
+# roles/grafana/vars/main.yml: the datasource uid every dashboard names, and the dashboard the
+# role adds to grafana_dashboards only while the gateways group has hosts.
+GRAFANA_DATASOURCE_UID = "prometheus"
+GRAFANA_GATEWAY_DASHBOARD = "gateway"
+
 # Prometheus job names the prometheus role renders from the inventory.
 VLLM_JOB = "vllm"
 NODE_JOB = "node"
@@ -29,6 +43,17 @@ INVALID_REQUESTS = 2
 # batch slot for a while, so with CONCURRENCY above --max-num-seqs requests keep queueing
 # for the whole load and every Prometheus scrape in it sees the queue.
 LOAD_MAX_TOKENS = 32
+
+# A load whose /metrics polls have not yet seen every gauge above 0 (while its completions
+# succeed) goes on for up to its length again, at least LOAD_EXTEND_MIN_S and at most
+# LOAD_EXTEND_MAX_S seconds more: a busy controller's poll can miss the queue by chance.
+LOAD_EXTEND_MIN_S = 2.0
+LOAD_EXTEND_MAX_S = 10.0
+
+# Environment variables the Grafana credentials are read from (never from the command line).
+GRAFANA_USER_ENV = "GRAFANA_USER"
+GRAFANA_PASSWORD_ENV = "GRAFANA_PASSWORD"
+GRAFANA_TOKEN_ENV = "GRAFANA_TOKEN"  # a service account token instead of user and password
 
 # Seconds one HTTP request may take before its check fails.
 TIMEOUT_S = 15.0
@@ -43,3 +68,9 @@ PROMETHEUS_DISCOVERY_S = 5.0
 
 # Listen addresses whose host part means "every interface": reach them at the host's address.
 WILDCARD_HOSTS = frozenset({"", "0.0.0.0", "::", "[::]"})
+
+# Threads for the independent checks of phase 1 (worker checks: I/O bound).
+CHECK_THREADS = 64
+# Every instance is loaded at the same time (a load holds --concurrency + 1 threads and as
+# many sockets), within these budgets; beyond them loads run in rounds.
+LOAD_THREAD_BUDGET = 2400

@@ -19,6 +19,7 @@ class Worker:
     base_url: str  # e.g. "http://10.0.0.5:8000" (no trailing slash)
     model: str | None  # served model name; None: take the first one /v1/models lists
     api_key: str | None = field(default=None, repr=False)
+    vllm_version: str | None = None  # the host's vllm_version hostvar; None: the role default
 
     @property
     def instance(self) -> str:
@@ -34,6 +35,12 @@ class Fleet:
     scrape_interval_s: float
     source: str  # where the fleet came from, for the report
     prometheus_missing_reason: str = "no Prometheus given"
+    grafana_url: str | None = None  # None: the Grafana checks are skipped, saying why
+    grafana_missing_reason: str = "no --grafana given"
+    grafana_admin_user: str | None = None  # the monitoring host's grafana_admin_user
+    # Dashboards (file names without .json) the grafana role provisions; None: its default.
+    grafana_dashboards: tuple[str, ...] | None = None
+    grafana_verify_tls: bool = True  # grafana_validate_certs (external mode)
 
     @property
     def secrets(self) -> tuple[str, ...]:

@@ -4,7 +4,11 @@ Hostvars read (the roles' public variables; defaults in defaults.py):
   gpu_workers hosts:  ansible_host, vllm_instances (list of {name, port, served_model_name|model}),
                       vllm_api_key (optional; a vaulted value is decrypted with ansible-vault)
   every host:         ansible_host, node_exporter_web_listen_address (its port)
-  first monitoring:   ansible_host, prometheus_web_listen_address, prometheus_scrape_interval
+  first monitoring:   ansible_host, prometheus_web_listen_address, prometheus_scrape_interval,
+                      grafana_mode, grafana_url, grafana_install_package, grafana_http_addr,
+                      grafana_http_port, grafana_ini.server.protocol, grafana_admin_user,
+                      grafana_dashboards, grafana_gateway_group, grafana_validate_certs
+  gpu_workers hosts:  vllm_version (when a host overrides the role's pinned release)
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +30,7 @@ from postcheck.fleet import (
     UsageError,
     Worker,
     format_host,
+    normalize_url,
     parse_duration,
     split_listen_address,
 )
@@ -216,6 +222,7 @@ def fleet_from_inventory(
         vars_ = hv(host)
         address = format_host(host_address(host, vars_))
         key = api_key_override or _api_key(host, vars_, vault_password_file)
+        version = _plain(vars_.get("vllm_version"), f"vllm_version of {host}")
         for inst, port, model in _instances(host, vars_):
             workers.append(
                 Worker(
@@ -223,6 +230,7 @@ def fleet_from_inventory(
                     base_url=f"http://{address}:{port}",
                     model=model,
                     api_key=key,
+                    vllm_version=None if version in (None, "") else str(version),
                 )
             )
 
@@ -245,7 +253,18 @@ def fleet_from_inventory(
     missing = (
         f"inventory has no host in group {defaults.MONITORING_GROUP} and no --prometheus was given"
     )
+    grafana = GrafanaSite(
+        url=None,
+        missing=(
+            f"inventory has no host in group {defaults.MONITORING_GROUP} and no --grafana "
+            "was given"
+        ),
+        admin_user=None,
+        dashboards=None,
+        verify_tls=True,
+    )
     if monitoring:
+        grafana = _grafana(monitoring[0], hv(monitoring[0]), data)
         mon = monitoring[0]
         h, port = _listen_target(
             mon, hv(mon), "prometheus_web_listen_address", defaults.PROMETHEUS_WEB_LISTEN_ADDRESS
@@ -266,7 +285,76 @@ def fleet_from_inventory(
         scrape_interval_s=interval,
         source=source,
         prometheus_missing_reason=missing,
+        grafana_url=grafana.url,
+        grafana_missing_reason=grafana.missing,
+        grafana_admin_user=grafana.admin_user,
+        grafana_dashboards=grafana.dashboards,
+        grafana_verify_tls=grafana.verify_tls,
     )
+
+
+_FALSE = frozenset({"false", "no", "off", "0", "n", "f"})
+_LOOPBACK = frozenset({"127.0.0.1", "::1", "[::1]", "localhost"})
+
+
+def _false(value: Any) -> bool:
+    return value is False or value == 0 or str(value).strip().lower() in _FALSE
+
+
+@dataclass(frozen=True)
+class GrafanaSite:
+    """Where the grafana role put Grafana, as the post-check reaches it."""
+
+    url: str | None  # None: nothing to check; `missing` says why
+    missing: str
+    admin_user: str | None
+    dashboards: tuple[str, ...] | None  # what the role provisions (file stems)
+    verify_tls: bool
+
+
+def _grafana(mon: str, hostvars: Mapping[str, Any], data: Mapping[str, Any]) -> GrafanaSite:
+    """Grafana as the grafana role sets it up for the first monitoring host `mon`: local mode
+    on `mon` (unless grafana_install_package is false), external mode at grafana_url."""
+
+    def var(name: str, default: Any) -> Any:
+        return _plain(hostvars.get(name, default), f"{name} of {mon}")
+
+    user = str(var("grafana_admin_user", defaults.GRAFANA_ADMIN_USER))
+    raw_list = var("grafana_dashboards", list(defaults.GRAFANA_DASHBOARDS))
+    if not isinstance(raw_list, Sequence) or isinstance(raw_list, str):
+        raise UsageError(f"grafana_dashboards of {mon} must be a list of dashboard names")
+    gateway = defaults.GRAFANA_GATEWAY_DASHBOARD
+    dashboards = [str(d) for d in raw_list if str(d) != gateway]
+    gateway_group = str(var("grafana_gateway_group", defaults.GRAFANA_GATEWAY_GROUP))
+    if group_hosts(data, gateway_group):  # like the role: only while the group has hosts
+        dashboards.append(gateway)
+    verify = not _false(var("grafana_validate_certs", defaults.GRAFANA_VALIDATE_CERTS))
+    mode = str(var("grafana_mode", defaults.GRAFANA_MODE)).strip()
+    site = GrafanaSite(None, "", user, tuple(dashboards), verify)
+    if mode == "external":
+        url = str(var("grafana_url", "") or "").strip()
+        if not url:
+            missing = f"grafana_mode=external but grafana_url of {mon} is empty"
+            return replace(site, missing=missing)
+        return replace(site, url=normalize_url(url, f"grafana_url of {mon}"))
+    if _false(var("grafana_install_package", defaults.GRAFANA_INSTALL_PACKAGE)):
+        missing = f"grafana_install_package=false: Grafana's server is not installed on {mon}"
+        return replace(site, missing=missing)
+    raw_port = var("grafana_http_port", defaults.GRAFANA_HTTP_PORT)
+    try:
+        port = int(raw_port)
+    except (TypeError, ValueError):
+        port = 0
+    if not 0 < port < 65536:
+        raise UsageError(f"grafana_http_port of {mon} is not a port 1..65535: {raw_port!r}")
+    addr = str(var("grafana_http_addr", defaults.GRAFANA_HTTP_ADDR) or "").strip()
+    if addr in defaults.WILDCARD_HOSTS or addr in _LOOPBACK:
+        addr = host_address(mon, hostvars)  # loopback: not reachable from here anyway
+    ini = var("grafana_ini", {})
+    server = ini.get("server") if isinstance(ini, Mapping) else None
+    scheme = server.get("protocol") if isinstance(server, Mapping) else None
+    scheme = scheme if scheme in ("http", "https") else "http"
+    return replace(site, url=f"{scheme}://{format_host(addr.strip('[]'))}:{port}")
 
 
 def load_fleet(

@@ -2,28 +2,31 @@
 
 Waves of `requests` completions and `invalid` invalid requests (interleaved) are sent by
 `concurrency` threads without pause between waves, until at least `min_seconds` have
-passed (so Prometheus scrapes the gauges mid-load). A thread polls /metrics meanwhile to
-catch the gauges above zero. Before and after, /metrics is read once it has settled (vLLM
-may count a request just after answering it).
+passed (so Prometheus scrapes the gauges mid-load). The calling thread polls /metrics
+meanwhile (parsing only the gauges) to catch them above zero. Before and after, /metrics
+is read once it has settled (vLLM may count a request just after answering it).
 """
 
 from __future__ import annotations
 
+import json
 import math
 import threading
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
-import requests
-
 from postcheck.fleet import Worker
-from postcheck.httpclient import describe_error, session
+from postcheck.httpclient import KeepAlive, TransportError
 from postcheck.promtext import Exposition
 from postcheck.report import CheckFailed
 from postcheck.signals import MetricExpectation
-from postcheck.worker_checks import completion, fetch_metrics
+from postcheck.worker_checks import (
+    METRICS_ACCEPT,
+    completion_body,
+    parse_metrics,
+)
 
 INVALID_MODEL = "postcheck-no-such-model"
 SETTLE_INTERVAL_S = 0.25
@@ -40,6 +43,10 @@ class LoadPlan:
     max_tokens: int
     timeout_s: float
     poll_interval_s: float = 0.2
+    # While completions succeed but the polls of /metrics have not yet seen every gauge above
+    # 0, keep sending waves up to this much longer: on a busy controller loading hundreds of
+    # instances a poll can come late and miss the queue (the check itself is unchanged).
+    extend_s: float = 0.0
 
 
 @dataclass
@@ -49,6 +56,7 @@ class LoadResult:
     invalid_sent: int = 0
     invalid_4xx: int = 0
     waves: int = 0
+    extended: bool = False  # kept on past min_seconds until the gauges were seen
     started_at: float = 0.0  # wall clock (time.time())
     seconds: float = 0.0
     errors: Counter[str] = field(default_factory=Counter)
@@ -58,10 +66,12 @@ class LoadResult:
 
     def summary(self) -> str:
         peaks = ", ".join(f"{k} {v:g}" for k, v in sorted(self.peaks.items()))
+        extended = " (kept on until the gauges were seen)" if self.extended else ""
         return (
             f"{self.completions_sent} completions ({self.completions_ok} answered 200) + "
             f"{self.invalid_sent} invalid ({self.invalid_4xx} answered 4xx) in {self.waves} "
-            f"wave(s), {self.seconds:.1f}s; peaks seen in {self.polls} polls of /metrics: "
+            f"wave(s), {self.seconds:.1f}s{extended}; peaks seen in {self.polls} polls of "
+            f"/metrics: "
             f"{peaks or 'none'}"
         )
 
@@ -72,6 +82,7 @@ class LoadResult:
             "invalid_sent": self.invalid_sent,
             "invalid_4xx": self.invalid_4xx,
             "waves": self.waves,
+            "extended": self.extended,
             "seconds": round(self.seconds, 3),
             "errors": dict(self.errors),
             "peaks": self.peaks,
@@ -94,21 +105,34 @@ def wave_pattern(completions: int, invalid: int) -> list[bool]:
 
 
 class _Dispenser:
-    """Hands out jobs wave after wave until a wave ends after min_seconds."""
+    """Hands out jobs wave after wave until a wave ends after min_seconds (or, while
+    `keep_going()` says so, until one ends after min_seconds + extend_s)."""
 
-    def __init__(self, pattern: list[bool], min_seconds: float) -> None:
+    def __init__(
+        self,
+        pattern: list[bool],
+        min_seconds: float,
+        extend_s: float = 0.0,
+        keep_going: Callable[[], bool] = lambda: False,
+    ) -> None:
         self._pattern = pattern
         self._min_seconds = min_seconds
+        self._extend_s = extend_s
+        self._keep_going = keep_going
         self._lock = threading.Lock()
         self._pos = 0
         self._start = time.monotonic()
         self.waves = 1
+        self.extended = False
 
     def next(self) -> bool | None:
         with self._lock:
             if self._pos == len(self._pattern):
-                if time.monotonic() - self._start >= self._min_seconds:
-                    return None
+                elapsed = time.monotonic() - self._start
+                if elapsed >= self._min_seconds:
+                    if elapsed >= self._min_seconds + self._extend_s or not self._keep_going():
+                        return None
+                    self.extended = True
                 self._pos = 0
                 self.waves += 1
             job = self._pattern[self._pos]
@@ -122,14 +146,27 @@ def _sum_of(expo: Exposition, exp: MetricExpectation) -> float:
 
 
 def settled_metrics(
-    worker: Worker, counters: Sequence[MetricExpectation], gauges: Sequence[str], timeout_s: float
+    worker: Worker,
+    counters: Sequence[MetricExpectation],
+    gauges: Sequence[str],
+    timeout_s: float,
+    keep: Iterable[str] = (),
 ) -> Exposition:
-    """/metrics once counters stopped moving between two reads and gauges are 0 (or it is late)."""
+    """/metrics once counters stopped moving between two reads and gauges are 0 (or it is late).
+
+    Only the samples of the counters, the gauges and `keep` are parsed and kept: the signals
+    need a few dozen of vLLM's ~500, and a large fleet holds two of these per instance.
+    """
     start = time.monotonic()
     last: tuple[float, ...] | None = None
-    with session(worker.api_key) as s:
+    names = {c.name for c in counters} | set(gauges) | set(keep)
+    with KeepAlive(worker.base_url, worker.api_key, timeout_s) as conn:
         while True:
-            expo = fetch_metrics(s, worker, timeout_s)
+            try:
+                status, data = conn.request("GET", "/metrics", headers={"Accept": METRICS_ACCEPT})
+            except TransportError as exc:
+                raise CheckFailed(f"/metrics: {exc}") from None
+            expo = parse_metrics(status, data.decode("utf-8", "replace"), names)
             now = tuple(_sum_of(expo, c) for c in counters)
             idle = all((expo.sum(g) or 0.0) == 0 for g in gauges)
             waited = time.monotonic() - start
@@ -147,37 +184,62 @@ def run_load(
     plan: LoadPlan,
     counters: Sequence[MetricExpectation],
     gauges: Sequence[str],
+    keep: Iterable[str] = (),
 ) -> LoadOutcome:
-    before = settled_metrics(worker, counters, gauges, plan.timeout_s)
+    """Load one instance; `keep`: more sample names the before/after reads keep."""
+    before = settled_metrics(worker, counters, gauges, plan.timeout_s, keep)
     result = LoadResult(peaks={g: 0.0 for g in gauges})
     lock = threading.Lock()
-    dispenser = _Dispenser(wave_pattern(plan.requests, plan.invalid), plan.min_seconds)
-    stop = threading.Event()
 
-    def poller() -> None:
-        with session(worker.api_key) as s:
-            while not stop.is_set():
-                try:
-                    expo = fetch_metrics(s, worker, plan.timeout_s)
-                except (CheckFailed, requests.RequestException) as exc:
-                    text = (
-                        describe_error(exc)
-                        if isinstance(exc, requests.RequestException)
-                        else str(exc)
-                    )
-                    with lock:
-                        result.poll_errors[text] += 1
-                else:
-                    with lock:
-                        result.polls += 1
-                        for g in gauges:
-                            v = expo.sum(g)
-                            if v is not None and not math.isnan(v):
-                                result.peaks[g] = max(result.peaks[g], v)
-                stop.wait(plan.poll_interval_s)
+    def gauges_unseen() -> bool:
+        """True while completions succeed and some gauge was never polled above 0."""
+        with lock:
+            working = result.completions_ok > 0 and not result.errors
+            return working and any(result.peaks[g] <= 0 for g in gauges)
+
+    dispenser = _Dispenser(
+        wave_pattern(plan.requests, plan.invalid), plan.min_seconds, plan.extend_s, gauges_unseen
+    )
+    running = [plan.concurrency]  # senders not finished yet
+    senders_done = threading.Event()
+
+    def sender_finished() -> None:
+        with lock:
+            running[0] -= 1
+            if running[0] == 0:
+                senders_done.set()
+
+    def poll_once(conn: KeepAlive) -> None:
+        try:
+            status, data = conn.request("GET", "/metrics", headers={"Accept": METRICS_ACCEPT})
+            expo = parse_metrics(status, data.decode("utf-8", "replace"), gauges)
+        except (CheckFailed, TransportError) as exc:
+            with lock:
+                result.poll_errors[str(exc)] += 1
+            return
+        with lock:
+            result.polls += 1
+            for g in gauges:
+                v = expo.sum(g)
+                if v is not None and not math.isnan(v):
+                    result.peaks[g] = max(result.peaks[g], v)
 
     def sender() -> None:
-        with session(worker.api_key) as s:
+        try:
+            send_all()
+        finally:
+            sender_finished()
+
+    bodies = {
+        flag: json.dumps(
+            completion_body(INVALID_MODEL if flag else model, plan.max_tokens)
+        ).encode()
+        for flag in (False, True)
+    }
+    json_type = {"Content-Type": "application/json"}
+
+    def send_all() -> None:
+        with KeepAlive(worker.base_url, worker.api_key, plan.timeout_s) as conn:
             while (invalid := dispenser.next()) is not None:
                 with lock:
                     if invalid:
@@ -185,18 +247,11 @@ def run_load(
                     else:
                         result.completions_sent += 1
                 try:
-                    resp = completion(
-                        s,
-                        worker,
-                        INVALID_MODEL if invalid else model,
-                        plan.timeout_s,
-                        max_tokens=plan.max_tokens,
-                    )
-                except requests.RequestException as exc:
+                    code, data = conn.request("POST", "/v1/completions", bodies[invalid], json_type)
+                except TransportError as exc:
                     with lock:
-                        result.errors[describe_error(exc)] += 1
+                        result.errors[str(exc)] += 1
                     continue
-                code = resp.status_code
                 with lock:
                     if invalid and 400 <= code < 500:
                         result.invalid_4xx += 1
@@ -205,23 +260,35 @@ def run_load(
                     elif invalid:
                         result.errors[f"invalid request answered HTTP {code}, not 4xx"] += 1
                     else:
-                        result.errors[f"completion answered HTTP {code}: {resp.text[:120]}"] += 1
+                        text = data.decode("utf-8", "replace")[:120]
+                        result.errors[f"completion answered HTTP {code}: {text}"] += 1
 
     result.started_at = time.time()
     t0 = time.monotonic()
-    poll_thread = threading.Thread(target=poller, name=f"poll {worker.label}", daemon=True)
     senders = [
         threading.Thread(target=sender, name=f"load {worker.label} #{i}", daemon=True)
         for i in range(plan.concurrency)
     ]
+    started: list[threading.Thread] = []
     for t in senders:
-        t.start()
-    poll_thread.start()  # after the senders: its first poll already sees requests
-    for t in senders:
+        try:
+            t.start()
+        except RuntimeError as exc:  # "can't start new thread": out of threads or memory
+            with lock:
+                result.errors[f"cannot start a load thread: {exc}"] += 1
+            sender_finished()
+        else:
+            started.append(t)
+    # This thread polls /metrics meanwhile (after the senders start: the first poll already
+    # sees requests), until the last sender is done.
+    with KeepAlive(worker.base_url, worker.api_key, plan.timeout_s) as conn:
+        while not senders_done.is_set():
+            poll_once(conn)
+            senders_done.wait(plan.poll_interval_s)
+    for t in started:
         t.join()
     result.seconds = time.monotonic() - t0
     result.waves = dispenser.waves
-    stop.set()
-    poll_thread.join()
-    after = settled_metrics(worker, counters, gauges, plan.timeout_s)
+    result.extended = dispenser.extended
+    after = settled_metrics(worker, counters, gauges, plan.timeout_s, keep)
     return LoadOutcome(before=before, after=after, result=result)

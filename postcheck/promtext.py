@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import math
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
@@ -95,40 +97,62 @@ def _parse_labels(line: str, pos: int, lineno: int) -> tuple[dict[str, str], int
         labels[key] = "".join(chars)
 
 
-def parse(text: str) -> Exposition:
+def _sample(raw: str, lineno: int) -> Sample | None:
+    """One line: a Sample, None for a blank or comment line; ParseError if malformed."""
+    line = raw.strip()
+    if not line or line.startswith("#"):
+        return None
+    brace = line.find("{")
+    space = min((i for i in (line.find(" "), line.find("\t")) if i >= 0), default=-1)
+    if brace >= 0 and (space < 0 or brace < space):
+        name = line[:brace]
+        labels, pos = _parse_labels(line, brace + 1, lineno)
+        rest = line[pos:]
+    else:
+        if space < 0:
+            raise ParseError(f"line {lineno}: sample without value: {raw[:80]!r}")
+        name, labels, rest = line[:space], {}, line[space:]
+    rest = rest.split("#", 1)[0]  # drop an OpenMetrics exemplar
+    fields = rest.split()
+    if not name or not fields:
+        raise ParseError(f"line {lineno}: sample without value: {raw[:80]!r}")
+    try:
+        value = _parse_value(fields[0])
+    except ValueError:
+        raise ParseError(f"line {lineno}: bad value {fields[0]!r}") from None
+    return Sample(name=name.strip(), labels=labels, value=value)
+
+
+@functools.lru_cache(maxsize=64)
+def _lines_of(names: frozenset[str]) -> re.Pattern[str]:
+    alternatives = "|".join(re.escape(n) for n in sorted(names, key=len, reverse=True))
+    return re.compile(rf"^[ \t]*(?:{alternatives})[ \t]*(?:\{{|[ \t]).*$", re.MULTILINE)
+
+
+def parse(text: str, only: Iterable[str] | None = None) -> Exposition:
     """Parse text format 0.0.4 (and the OpenMetrics subset vLLM could serve).
 
-    Raises ParseError on a malformed sample line, naming the line.
+    `only`: keep just the samples of these names; the other lines are not parsed at all (for
+    callers that read a few series many times). Raises ParseError on a malformed sample line
+    (among the kept ones), naming the line.
     """
     out = Exposition()
+    if only is not None:
+        for m in _lines_of(frozenset(only)).finditer(text):
+            lineno = text.count("\n", 0, m.start()) + 1
+            sample = _sample(m.group(0), lineno)
+            if sample is not None:
+                out.samples.append(sample)
+        return out
     for lineno, raw in enumerate(text.splitlines(), start=1):
-        line = raw.strip()
-        if not line:
-            continue
-        if line.startswith("#"):
-            parts = line.split(None, 3)
+        if raw.lstrip().startswith("#"):
+            parts = raw.strip().split(None, 3)
             if len(parts) >= 4 and parts[1] == "TYPE":
                 out.types[parts[2]] = parts[3].strip()
             continue
-        brace = line.find("{")
-        space = min((i for i in (line.find(" "), line.find("\t")) if i >= 0), default=-1)
-        if brace >= 0 and (space < 0 or brace < space):
-            name = line[:brace]
-            labels, pos = _parse_labels(line, brace + 1, lineno)
-            rest = line[pos:]
-        else:
-            if space < 0:
-                raise ParseError(f"line {lineno}: sample without value: {raw[:80]!r}")
-            name, labels, rest = line[:space], {}, line[space:]
-        rest = rest.split("#", 1)[0]  # drop an OpenMetrics exemplar
-        fields = rest.split()
-        if not name or not fields:
-            raise ParseError(f"line {lineno}: sample without value: {raw[:80]!r}")
-        try:
-            value = _parse_value(fields[0])
-        except ValueError:
-            raise ParseError(f"line {lineno}: bad value {fields[0]!r}") from None
-        out.samples.append(Sample(name=name.strip(), labels=labels, value=value))
+        sample = _sample(raw, lineno)
+        if sample is not None:
+            out.samples.append(sample)
     return out
 
 

@@ -1,11 +1,13 @@
-"""Check results: one live line per check, a summary line, the JSON report."""
+"""Check results: one live line per check, a summary line, the JSON and JUnit reports."""
 
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
-from collections.abc import Callable, Iterable
+import xml.etree.ElementTree as ET
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any, Literal, TextIO
 
@@ -81,6 +83,10 @@ class Reporter:
     def skip(self, name: str, target: str, reason: str) -> CheckResult:
         return self.record(name, target, "skip", reason, 0.0)
 
+    def checks(self) -> list[CheckResult]:
+        with self._lock:
+            return list(self.results)
+
     def counts(self) -> dict[str, int]:
         with self._lock:
             statuses = [r.status for r in self.results]
@@ -112,3 +118,76 @@ def write_json(path: str, report: dict[str, Any]) -> None:
     with open(path, "w", encoding="utf-8") as fh:
         json.dump(report, fh, indent=2, sort_keys=False)
         fh.write("\n")
+
+
+# Characters XML 1.0 cannot carry at all (servers' answers end up in details).
+_XML_INVALID = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
+
+
+def _xml_text(text: str) -> str:
+    return _XML_INVALID.sub("?", text)
+
+
+def junit_xml(
+    results: Iterable[CheckResult],
+    *,
+    suite: str = "postcheck",
+    timestamp: str | None = None,
+    duration: float | None = None,
+    properties: Mapping[str, Any] | None = None,
+    error: str | None = None,
+) -> bytes:
+    """JUnit XML: one testcase per check, classname = the check name's first segment
+    ("prometheus.queue_depth:..." -> "prometheus"), name = "check [target]"; a failed check
+    has a <failure> with its detail, a skipped one <skipped> with the reason, a passed one
+    its detail as <system-out>. `error`: the post-check could not run (exit 2)."""
+    checks = list(results)
+    failures = sum(r.status == "fail" for r in checks)
+    skipped = sum(r.status == "skip" for r in checks)
+    total_time = duration if duration is not None else sum(r.duration for r in checks)
+    attrs = {
+        "name": suite,
+        "tests": str(len(checks) + (1 if error else 0)),
+        "failures": str(failures),
+        "errors": "1" if error else "0",
+        "skipped": str(skipped),
+        "time": f"{total_time:.3f}",
+    }
+    root = ET.Element("testsuites", {k: attrs[k] for k in attrs if k != "name"})
+    root.set("name", suite)
+    ts = ET.SubElement(root, "testsuite", attrs)
+    if timestamp:
+        ts.set("timestamp", timestamp)
+    if properties:
+        props = ET.SubElement(ts, "properties")
+        for key, value in properties.items():
+            ET.SubElement(props, "property", {"name": key, "value": _xml_text(str(value))})
+    if error:
+        case = ET.SubElement(ts, "testcase", {"classname": suite, "name": suite, "time": "0"})
+        err = ET.SubElement(case, "error", {"message": _xml_text(error), "type": "usage"})
+        err.text = _xml_text(error)
+    for r in checks:
+        case = ET.SubElement(
+            ts,
+            "testcase",
+            {
+                "classname": r.name.split(".", 1)[0].split(":", 1)[0],
+                "name": _xml_text(f"{r.name} [{r.target}]"),
+                "time": f"{r.duration:.3f}",
+            },
+        )
+        detail = _xml_text(r.detail)
+        if r.status == "fail":
+            failure = ET.SubElement(case, "failure", {"message": detail, "type": "fail"})
+            failure.text = detail
+        elif r.status == "skip":
+            ET.SubElement(case, "skipped", {"message": detail})
+        else:
+            ET.SubElement(case, "system-out").text = detail
+    ET.indent(root)
+    return bytes(ET.tostring(root, encoding="utf-8", xml_declaration=True)) + b"\n"
+
+
+def write_junit(path: str, xml: bytes) -> None:
+    with open(path, "wb") as fh:
+        fh.write(xml)

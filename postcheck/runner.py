@@ -2,14 +2,18 @@
 
 Independent checks run concurrently; a check that fails never stops the others. A check
 that cannot apply because an earlier one failed is listed as skipped, naming that check.
+Every instance is loaded at the same time; the Prometheus checks of all instances are
+polled together, one query per expression shape a round (prometheus.poll_probes).
 """
 
 from __future__ import annotations
 
+import contextlib
+import resource
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
@@ -23,15 +27,17 @@ from postcheck.dashboards import (
     substitute,
     variable_values,
 )
-from postcheck.fleet import Fleet
+from postcheck.fleet import Fleet, Worker
+from postcheck.grafana import GrafanaAccess, describe, grafana_checks
 from postcheck.load import LoadOutcome, LoadPlan, run_load
-from postcheck.prometheus import Prometheus, poll
+from postcheck.prometheus import Probe, Prometheus, poll, poll_probes
 from postcheck.report import CheckFailed, Reporter
-from postcheck.signal_checks import metrics_check, prometheus_check, up_check
+from postcheck.signal_checks import UpProbe, metrics_check, signal_probe
 from postcheck.signals import SignalSet
-from postcheck.worker_checks import WorkerState, check_worker
+from postcheck.vllm_metrics import VersionPlan
+from postcheck.worker_checks import FamiliesExpectation, WorkerState, check_worker
 
-MAX_THREADS = 32
+MAX_THREADS = defaults.CHECK_THREADS
 
 
 @dataclass(frozen=True)
@@ -46,13 +52,15 @@ class Options:
     node_job: str
     dashboards_dir: Path
     signals: SignalSet
+    versions: VersionPlan | None = None  # None: no metrics.families check
+    grafana: GrafanaAccess = field(default_factory=lambda: GrafanaAccess(url=None))
 
 
-def _parallel(jobs: list[Callable[[], Any]]) -> list[Any]:
+def _parallel(jobs: list[Callable[[], Any]], max_threads: int = MAX_THREADS) -> list[Any]:
     """Run jobs concurrently, return their results in order."""
     if not jobs:
         return []
-    with ThreadPoolExecutor(max_workers=min(MAX_THREADS, len(jobs))) as pool:
+    with ThreadPoolExecutor(max_workers=max(1, min(max_threads, len(jobs)))) as pool:
         futures: list[Future[Any]] = [pool.submit(job) for job in jobs]
         return [f.result() for f in futures]
 
@@ -73,6 +81,8 @@ class Run:
             options.load_seconds if options.load_seconds is not None else 2 * interval
         )
         self.loads: dict[str, dict[str, object]] = {}
+        self.versions: dict[str, str | None] = {}
+        self.parallel_loads = 0
 
     def prometheus_deadline(self) -> float:
         """Prometheus shows a new value within two scrape intervals (plus a little)."""
@@ -94,22 +104,55 @@ class Run:
         if result.status != "pass":
             self.prom_down = "Prometheus not usable (see the prometheus check)"
 
+    def poll(self, probes: list[Probe]) -> None:
+        """Poll Prometheus for many checks at once (one query per expression shape a round)."""
+        assert self.prom is not None
+
+        def record(probe: Probe, ok: bool, detail: str, seconds: float) -> None:
+            self.rep.record(probe.name, probe.target, "pass" if ok else "fail", detail, seconds)
+
+        poll_probes(self.prom, probes, record, self.poll_s)
+
+    def families_for(self, worker: Worker) -> FamiliesExpectation | None:
+        plan = self.opt.versions
+        if plan is None:
+            return None
+        pinned = plan.pinned_for(worker.vllm_version)
+        return FamiliesExpectation(pinned, plan.required[pinned])
+
     # phase 1 -------------------------------------------------------------------------
     def phase_targets(self) -> list[WorkerState]:
-        jobs: list[Callable[[], Any]] = [
-            partial(check_worker, w, self.rep, self.opt.timeout_s) for w in self.fleet.workers
-        ]
+        # The Prometheus and Grafana jobs first: they must not queue behind hundreds of
+        # instances' own checks (the up probes' deadline runs from now).
+        jobs: list[Callable[[], Any]] = []
         targets = [(self.opt.vllm_job, w.instance) for w in self.fleet.workers]
         targets += [(self.opt.node_job, n) for n in self.fleet.node_targets]
         if self.prom is not None and self.prom_down is None:
-            prom, deadline = self.prom, self.prometheus_deadline()
-            for job, instance in targets:
-                check = up_check(prom, job, instance, deadline, self.poll_s)
-                jobs.append(partial(self.rep.run, "prometheus.up", f"{job}/{instance}", check))
+            deadline = self.prometheus_deadline()
+            probes: list[Probe] = [
+                UpProbe("prometheus.up", f"{job}/{instance}", job, instance, deadline)
+                for job, instance in targets
+            ]
+            jobs.append(partial(self.poll, probes))
         else:
             self.rep.skip("prometheus.up", f"{len(targets)} targets", f"{self.prom_down}")
+        jobs.append(
+            partial(
+                grafana_checks,
+                self.opt.grafana,
+                self.opt.dashboards_dir,
+                self.rep,
+                self.opt.timeout_s,
+            )
+        )
+        jobs += [
+            partial(check_worker, w, self.rep, self.opt.timeout_s, self.families_for(w))
+            for w in self.fleet.workers
+        ]
         results = _parallel(jobs)
-        return [r for r in results if isinstance(r, WorkerState)]
+        states = [r for r in results if isinstance(r, WorkerState)]
+        self.versions = {st.worker.label: st.version for st in states}
+        return states
 
     # phase 2 -------------------------------------------------------------------------
     def phase_load(self, states: list[WorkerState]) -> dict[str, LoadOutcome]:
@@ -118,6 +161,7 @@ class Run:
         gauges = sorted(
             {m.name for s in signals for m in s.metrics if m.kind == "gauge_seen_above_zero"}
         )
+        keep = {m.name for s in signals for m in s.metrics if m.kind == "present"}
         plan = LoadPlan(
             requests=self.opt.requests,
             concurrency=self.opt.concurrency,
@@ -125,6 +169,9 @@ class Run:
             max_tokens=self.opt.max_tokens,
             min_seconds=self.load_seconds,
             timeout_s=self.opt.timeout_s,
+            extend_s=min(
+                max(self.load_seconds, defaults.LOAD_EXTEND_MIN_S), defaults.LOAD_EXTEND_MAX_S
+            ),
         )
         outcomes: dict[str, LoadOutcome] = {}
 
@@ -135,7 +182,7 @@ class Run:
                 return
 
             def check() -> str:
-                outcome = run_load(w, model, plan, counters, gauges)
+                outcome = run_load(w, model, plan, counters, gauges, keep)
                 outcomes[w.label] = outcome
                 self.loads[w.label] = outcome.result.as_json()
                 summary = outcome.result.summary()
@@ -147,13 +194,21 @@ class Run:
 
             self.rep.run("load", w.label, check)
 
-        _parallel([partial(load, s) for s in states])
+        # Every instance at once (within the thread and open-files budgets): loads run
+        # --load-seconds each, so rounds of them would multiply the phase's duration.
+        per_load = self.opt.concurrency + 1  # senders + the thread that polls /metrics
+        budget = min(
+            defaults.LOAD_THREAD_BUDGET // per_load, _open_files_budget() // (per_load + 2)
+        )
+        self.parallel_loads = max(1, min(len(states), budget))
+        _parallel([partial(load, s) for s in states], self.parallel_loads)
         return outcomes
 
     # phase 3 -------------------------------------------------------------------------
     def phase_signals(self, states: list[WorkerState], outcomes: dict[str, LoadOutcome]) -> None:
-        jobs: list[Callable[[], Any]] = []
         deadline = self.prometheus_deadline()
+        prom_ok = self.prom is not None and self.prom_down is None
+        probes: list[Probe] = []
         for state in states:
             w = state.worker
             outcome = outcomes.get(w.label)
@@ -164,22 +219,20 @@ class Run:
                 continue
             for sig in self.opt.signals.signals:
                 for exp in sig.metrics:
-                    if exp.kind != "up":
-                        check = metrics_check(exp, outcome)
-                        jobs.append(
-                            partial(
-                                self.rep.run, f"metrics.{sig.id}:{exp.selector}", w.label, check
+                    if exp.kind != "up":  # /metrics: already read, nothing to wait for
+                        name = f"metrics.{sig.id}:{exp.selector}"
+                        self.rep.run(name, w.label, metrics_check(exp, outcome))
+                    if prom_ok:
+                        name = f"prometheus.{sig.id}:{exp.selector}"
+                        probes.append(
+                            signal_probe(
+                                name, exp, w, self.opt.vllm_job, outcome, deadline, self.poll_s
                             )
                         )
-                    if self.prom is not None and self.prom_down is None:
-                        check = prometheus_check(
-                            exp, w, self.opt.vllm_job, self.prom, outcome, deadline, self.poll_s
-                        )
-                        name = f"prometheus.{sig.id}:{exp.selector}"
-                        jobs.append(partial(self.rep.run, name, w.label, check))
-            if self.prom is None or self.prom_down is not None:
+            if not prom_ok:
                 self.rep.skip("prometheus.signals", w.label, f"{self.prom_down}")
-        _parallel(jobs)
+        if probes:
+            self.poll(probes)
 
     # phase 4 -------------------------------------------------------------------------
     def phase_dashboards(self, load_started: float) -> None:
@@ -196,6 +249,7 @@ class Run:
             values = variable_values(
                 dash.data,
                 job=self.opt.vllm_job,
+                node_job=self.opt.node_job,
                 scrape_interval_s=self.fleet.scrape_interval_s,
                 range_s=max(60.0, time.time() - load_started),
             )
@@ -226,6 +280,22 @@ class Run:
         return f"{detail}: {expr}"
 
 
+def _open_files_budget() -> int:
+    """Sockets the loads may hold: the open-files limit, less a reserve for everything else."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return 1 << 20
+    return max(0, soft - 128 - 2 * MAX_THREADS)
+
+
+def raise_open_files_limit() -> None:
+    """Soft limit up to the hard one: a large fleet under load needs thousands of sockets."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard and soft != resource.RLIM_INFINITY:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
 def run(fleet: Fleet, options: Options, reporter: Reporter) -> dict[str, Any]:
     """Run every check; returns what the JSON summary adds to the counts."""
     started = time.time()
@@ -243,11 +313,18 @@ def run(fleet: Fleet, options: Options, reporter: Reporter) -> dict[str, Any]:
         "prometheus": fleet.prometheus_url,
         "scrape_interval_s": fleet.scrape_interval_s,
         "workers": [w.label for w in fleet.workers],
+        "vllm_version": {
+            "pinned": options.versions.default if options.versions else None,
+            "pinned_from": options.versions.source if options.versions else None,
+            "instances": r.versions,
+        },
+        "grafana": describe(options.grafana),
         "load": {
             "requests_per_wave": options.requests,
             "invalid_per_wave": options.invalid,
             "concurrency": options.concurrency,
             "min_seconds": r.load_seconds,
+            "instances_loaded_at_once": r.parallel_loads,
             "instances": r.loads,
         },
     }

@@ -1,4 +1,8 @@
-"""Per-instance assertions of templates/signals.yml: on /metrics, then through Prometheus."""
+"""Per-instance assertions of templates/signals.yml: on /metrics, then through Prometheus.
+
+The Prometheus side is a set of probes (prometheus.Probe): every instance's check of one
+expectation reads the same `... by (instance)` query, polled together until the deadline.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +13,7 @@ from collections.abc import Callable
 from postcheck import defaults
 from postcheck.fleet import Worker, prom_duration
 from postcheck.load import LoadOutcome, LoadResult
-from postcheck.prometheus import Prometheus, poll, selector, value_text
+from postcheck.prometheus import Probe, Series, instance_series, selector, value_text
 from postcheck.report import CheckFailed
 from postcheck.signals import MetricExpectation
 
@@ -60,112 +64,186 @@ def metrics_check(exp: MetricExpectation, outcome: LoadOutcome) -> Callable[[], 
     return check
 
 
-def prometheus_check(
+def _known(instances: set[str]) -> str:
+    known = sorted(instances)
+    if not known:
+        return "nothing"
+    shown = ", ".join(known[:10])
+    return f"{shown}, ... ({len(known)} in all)" if len(known) > 10 else shown
+
+
+class UpProbe(Probe):
+    """up{job, instance} == 1, from `up{job=...}` (one query for every target of the job).
+
+    While the target has no `up` series at all, it waits PROMETHEUS_DISCOVERY_S longer:
+    Prometheus may not have applied a just-reloaded scrape config yet.
+    """
+
+    def __init__(self, name: str, target: str, job: str, instance: str, deadline: float) -> None:
+        super().__init__(name, target, deadline)
+        self.job = job
+        self.instance = instance
+        self.expr = selector("up", {"job": job, "instance": instance})  # what the detail shows
+        self.seen = False
+        self.extended = False
+
+    def query(self) -> str:
+        return selector("up", {"job": self.job})
+
+    def attempt(self, result: list[Series]) -> tuple[bool, str]:
+        mine = instance_series(result, self.instance)
+        if not mine:
+            return False, f"{self.expr} has no data"
+        self.seen = True
+        value = min(s.value for s in mine)
+        return value == 1, f"{self.expr} = {value_text(value)}"
+
+    def extend(self) -> bool:
+        if self.seen or self.extended:
+            return False
+        self.extended = True
+        self.deadline += defaults.PROMETHEUS_DISCOVERY_S
+        return True
+
+    def failure(self, detail: str, result: list[Series] | None) -> str:
+        if result is None:  # Prometheus itself failed
+            return detail
+        if not self.seen:
+            known = _known({s.labels.get("instance", "?") for s in result})
+            return (
+                f"{detail}: Prometheus does not scrape {self.instance} in job {self.job!r} "
+                f"(it scrapes {known} there; scrape config out of date?)"
+            )
+        return f"{detail}: Prometheus cannot scrape it (see its /targets page)"
+
+
+class _SignalProbe(Probe):
+    """One expectation of templates/signals.yml for one instance, through Prometheus."""
+
+    def __init__(
+        self,
+        name: str,
+        worker: Worker,
+        exp: MetricExpectation,
+        job: str,
+        deadline: float,
+    ) -> None:
+        super().__init__(name, worker.label, deadline)
+        self.exp = exp
+        self.instance = worker.instance
+        # What the detail shows: the per-instance query (equal to this instance's element
+        # of the batched `... by (instance)` one).
+        self.sel = selector(exp.name, {"job": job, "instance": worker.instance, **exp.labels})
+        self.batch_sel = selector(exp.name, {"job": job, **exp.labels})
+
+    def value(self, result: list[Series]) -> float | None:
+        mine = instance_series(result, self.instance)
+        return mine[0].value if mine else None
+
+
+class CounterProbe(_SignalProbe):
+    """sum(counter) in Prometheus == the instance's /metrics after the load."""
+
+    def __init__(
+        self,
+        name: str,
+        worker: Worker,
+        exp: MetricExpectation,
+        job: str,
+        deadline: float,
+        want: float | None,
+    ) -> None:
+        super().__init__(name, worker, exp, job, deadline)
+        self.want = want
+
+    def query(self) -> str:
+        return f"sum by (instance) ({self.batch_sel})"
+
+    def attempt(self, result: list[Series]) -> tuple[bool, str]:
+        expr = f"sum({self.sel})"
+        value = self.value(result)
+        if value is None:
+            if self.want is None:
+                return True, f"{expr} has no data (absent in /metrics too)"
+            return False, f"{expr} has no data"
+        detail = f"{expr} = {value_text(value)}"
+        if self.want is not None and math.isclose(value, self.want, abs_tol=1e-9):
+            return True, f"{detail} = /metrics after the load"
+        return False, detail
+
+    def failure(self, detail: str, result: list[Series] | None) -> str:
+        want = "absent" if self.want is None else value_text(self.want)
+        return f"{detail}, but /metrics shows {want} after the load"
+
+
+class GaugeProbe(_SignalProbe):
+    """max_over_time(gauge[load window]) > 0: Prometheus scraped it above 0 during the load."""
+
+    def __init__(
+        self,
+        name: str,
+        worker: Worker,
+        exp: MetricExpectation,
+        job: str,
+        deadline: float,
+        load_started_at: float,
+        poll_s: float,
+    ) -> None:
+        super().__init__(name, worker, exp, job, deadline)
+        self.load_started_at = load_started_at
+        self.poll_s = poll_s
+        self.window = ""
+
+    def query(self) -> str:
+        self.window = prom_duration(time.time() - self.load_started_at + self.poll_s + 1)
+        return f"max by (instance) (max_over_time({self.batch_sel}[{self.window}]))"
+
+    def attempt(self, result: list[Series]) -> tuple[bool, str]:
+        value = self.value(result)
+        shown = "no data" if value is None else value_text(value)
+        detail = f"max(max_over_time({self.sel}[{self.window}])) = {shown}"
+        return value is not None and value > 0, detail
+
+    def failure(self, detail: str, result: list[Series] | None) -> str:
+        if result is None:
+            return detail
+        return f"{detail}: Prometheus never scraped it above 0 during the load"
+
+
+class PresentProbe(_SignalProbe):
+    """count(series) > 0."""
+
+    def query(self) -> str:
+        return f"count by (instance) ({self.batch_sel})"
+
+    def attempt(self, result: list[Series]) -> tuple[bool, str]:
+        value = self.value(result)
+        n = int(value) if value is not None else 0
+        return n > 0, f"count({self.sel}) = {n}"
+
+    def failure(self, detail: str, result: list[Series] | None) -> str:
+        if result is None:
+            return detail
+        return f"{detail}: series missing in Prometheus"
+
+
+def signal_probe(
+    name: str,
     exp: MetricExpectation,
     worker: Worker,
     job: str,
-    prom: Prometheus,
-    outcome: LoadOutcome | None,
+    outcome: LoadOutcome,
     deadline: float,
     poll_s: float,
-) -> Callable[[], str]:
-    """The Prometheus side of one expectation for one instance, polled until the deadline."""
-    target_labels = {"job": job, "instance": worker.instance}
-    sel = selector(exp.name, {**target_labels, **exp.labels})
-
-    def check() -> str:
-        if exp.kind == "up":
-            return up_check(prom, job, worker.instance, deadline, poll_s)()
-        assert outcome is not None
-        if exp.kind == "counter_delta":
-            want = outcome.after.sum(exp.name, exp.labels)
-            expr = f"sum({sel})"
-
-            def attempt() -> tuple[bool, str]:
-                got = prom.query(expr)
-                if not got:
-                    return want is None, f"{expr} has no data"
-                value = got[0].value
-                return (
-                    want is not None and math.isclose(value, want, abs_tol=1e-9),
-                    f"{expr} = {value_text(value)}",
-                )
-
-            ok, detail = poll(attempt, deadline, poll_s)
-            want_text = "absent" if want is None else value_text(want)
-            if not ok:
-                raise CheckFailed(f"{detail}, but /metrics shows {want_text} after the load")
-            return (
-                f"{detail} = /metrics after the load"
-                if want is not None
-                else f"{detail} (absent in /metrics too)"
-            )
-        if exp.kind == "gauge_seen_above_zero":
-
-            def attempt() -> tuple[bool, str]:
-                window = prom_duration(time.time() - outcome.result.started_at + poll_s + 1)
-                expr = f"max(max_over_time({sel}[{window}]))"
-                got = prom.query(expr)
-                value = got[0].value if got else None
-                return (
-                    value is not None and value > 0
-                ), f"{expr} = {'no data' if value is None else value_text(value)}"
-
-            ok, detail = poll(attempt, deadline, poll_s)
-            if not ok:
-                raise CheckFailed(f"{detail}: Prometheus never scraped it above 0 during the load")
-            return detail
-        if exp.kind == "present":
-            expr = f"count({sel})"
-
-            def attempt() -> tuple[bool, str]:
-                got = prom.query(expr)
-                n = int(got[0].value) if got else 0
-                return n > 0, f"{expr} = {n}"
-
-            ok, detail = poll(attempt, deadline, poll_s)
-            if not ok:
-                raise CheckFailed(f"{detail}: series missing in Prometheus")
-            return detail
-        raise CheckFailed(f"expectation {exp.kind} has no Prometheus side")
-
-    return check
-
-
-def up_check(
-    prom: Prometheus, job: str, instance: str, deadline: float, poll_s: float
-) -> Callable[[], str]:
-    """up{job, instance} == 1, waiting up to the deadline (a new target needs one scrape).
-
-    While the target has no `up` series at all, wait longer: Prometheus may not have applied
-    a just-reloaded scrape config yet (PROMETHEUS_DISCOVERY_S).
-    """
-    expr = selector("up", {"job": job, "instance": instance})
-
-    def check() -> str:
-        seen = False
-
-        def attempt() -> tuple[bool, str]:
-            nonlocal seen
-            got = prom.query(expr)
-            if not got:
-                return False, f"{expr} has no data"
-            seen = True
-            return got[0].value == 1, f"{expr} = {value_text(got[0].value)}"
-
-        ok, detail = poll(attempt, deadline, poll_s)
-        if not ok and not seen:
-            ok, detail = poll(attempt, deadline + defaults.PROMETHEUS_DISCOVERY_S, poll_s)
-        if ok:
-            return detail
-        if "no data" in detail:
-            known = sorted(
-                {s.labels.get("instance", "?") for s in prom.query(selector("up", {"job": job}))}
-            )
-            raise CheckFailed(
-                f"{detail}: Prometheus does not scrape {instance} in job {job!r} "
-                f"(it scrapes {known or 'nothing'} there; scrape config out of date?)"
-            )
-        raise CheckFailed(f"{detail}: Prometheus cannot scrape it (see its /targets page)")
-
-    return check
+) -> Probe:
+    """The Prometheus side of one expectation for one instance."""
+    if exp.kind == "up":
+        return UpProbe(name, worker.label, job, worker.instance, deadline)
+    if exp.kind == "counter_delta":
+        want = outcome.after.sum(exp.name, exp.labels)
+        return CounterProbe(name, worker, exp, job, deadline, want)
+    if exp.kind == "gauge_seen_above_zero":
+        return GaugeProbe(name, worker, exp, job, deadline, outcome.result.started_at, poll_s)
+    if exp.kind == "present":
+        return PresentProbe(name, worker, exp, job, deadline)
+    raise ValueError(f"expectation {exp.kind} has no Prometheus side")

@@ -1,7 +1,9 @@
-"""Checks of one vLLM instance on its own: /health, /v1/models, one completion, /metrics."""
+"""Checks of one vLLM instance on its own: /health, /v1/models, one completion, /metrics,
+and its /version against the pinned release with the metric families the project uses."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -11,6 +13,7 @@ from postcheck.fleet import Worker
 from postcheck.httpclient import describe_error, session, status_detail
 from postcheck.promtext import Exposition, ParseError, parse
 from postcheck.report import CheckFailed, CheckSkipped, Reporter
+from postcheck.vllm_metrics import Required, present_families
 
 PROMPT = "Hello"
 MAX_TOKENS = 4
@@ -27,6 +30,15 @@ class WorkerState:
     completion_ok: bool = False
     metrics_ok: bool = False
     not_loadable: str | None = None  # why the load is skipped (a failed check says more)
+    version: str | None = None  # what /version says
+
+
+@dataclass(frozen=True)
+class FamiliesExpectation:
+    """metrics.families: the release pinned for this instance and what it must serve."""
+
+    pinned: str
+    required: tuple[Required, ...]
 
 
 def get_json(s: requests.Session, url: str, timeout: float) -> Any:
@@ -47,19 +59,37 @@ def completion(
     max_tokens: int = MAX_TOKENS,
 ) -> requests.Response:
     """POST one completion; beyond the smallest, EOS is ignored so its length is fixed."""
-    body: dict[str, object] = {"model": model, "prompt": PROMPT, "max_tokens": max_tokens}
-    if max_tokens > MAX_TOKENS:
-        body["ignore_eos"] = True  # vLLM's extension of the OpenAI API
+    body = completion_body(model, max_tokens)
     return s.post(f"{worker.base_url}/v1/completions", json=body, timeout=timeout)
 
 
-def fetch_metrics(s: requests.Session, worker: Worker, timeout: float) -> Exposition:
-    """The instance's /metrics, parsed; CheckFailed if unreachable or not Prometheus text."""
+def completion_body(model: str, max_tokens: int = MAX_TOKENS) -> dict[str, object]:
+    body: dict[str, object] = {"model": model, "prompt": PROMPT, "max_tokens": max_tokens}
+    if max_tokens > MAX_TOKENS:
+        body["ignore_eos"] = True  # vLLM's extension of the OpenAI API
+    return body
+
+
+def fetch_metrics(
+    s: requests.Session, worker: Worker, timeout: float, only: Iterable[str] | None = None
+) -> Exposition:
+    """The instance's /metrics, parsed (just the samples named in `only`, if given);
+    CheckFailed if unreachable or not Prometheus text."""
     resp = s.get(f"{worker.base_url}/metrics", timeout=timeout, headers={"Accept": METRICS_ACCEPT})
     if resp.status_code != 200:
         raise CheckFailed(f"/metrics: {status_detail(resp)}")
     try:
-        return parse(resp.text)
+        return parse(resp.text, only)
+    except ParseError as exc:
+        raise CheckFailed(f"/metrics is not Prometheus text format: {exc}") from None
+
+
+def parse_metrics(status: int, text: str, only: Iterable[str] | None = None) -> Exposition:
+    """fetch_metrics' verdict on an answer fetched some other way (KeepAlive)."""
+    if status != 200:
+        raise CheckFailed(f"/metrics: HTTP {status}: {' '.join(text.split())[:200]}")
+    try:
+        return parse(text, only)
     except ParseError as exc:
         raise CheckFailed(f"/metrics is not Prometheus text format: {exc}") from None
 
@@ -83,10 +113,70 @@ def require_vllm(expo: Exposition, model: str | None) -> str:
     )
 
 
-def check_worker(worker: Worker, reporter: Reporter, timeout: float) -> WorkerState:
-    """health -> models -> completion -> metrics, each reported; returns what later phases need."""
+def read_version(s: requests.Session, worker: Worker, timeout: float) -> tuple[str | None, str]:
+    """(the version /version reports, or None and why not)."""
+    try:
+        body = get_json(s, f"{worker.base_url}/version", timeout)
+    except CheckFailed as exc:
+        return None, str(exc)
+    except requests.RequestException as exc:
+        return None, describe_error(exc)
+    version = body.get("version") if isinstance(body, dict) else None
+    if not isinstance(version, str) or not version:
+        return None, f"no version in {str(body)[:80]!r}"
+    return version, ""
+
+
+def same_release(version: str, pinned: str) -> bool:
+    """0.32.0+cpu is release 0.32.0 (a PEP 440 local label names a build, not a release)."""
+    return version.split("+", 1)[0].strip() == pinned.split("+", 1)[0].strip()
+
+
+def families_detail(
+    expo: Exposition, version: str | None, why_unknown: str, expect: FamiliesExpectation
+) -> str:
+    """The metrics.families verdict: every family the signals and dashboards use is served."""
+    required = expect.required
+    present = present_families(expo, [r.family for r in required])
+    missing = [r for r in required if r.family not in present]
+    same = version is not None and same_release(version, expect.pinned)
+    if version is None:
+        versions = f"vLLM version unknown (/version: {why_unknown}), pinned {expect.pinned}"
+    elif same:
+        versions = f"vLLM {version} = pinned {expect.pinned}"
+    else:
+        versions = f"vLLM {version} differs from pinned {expect.pinned}"
+    n = len(required)
+    if missing:
+        listed = "; ".join(
+            f"{r.family} (used by {', '.join(r.used_by)}"
+            + ("" if r.listed else f"; not in vLLM {expect.pinned}'s family list either")
+            + ")"
+            for r in missing
+        )
+        raise CheckFailed(
+            f"{versions}: /metrics lacks {len(missing)} of the {n} families the signals and "
+            f"dashboards use: {listed}"
+        )
+    if not same:
+        return (
+            f"{versions}: none missing, all {n} families the signals and dashboards use are "
+            "in /metrics"
+        )
+    return f"{versions}: all {n} families the signals and dashboards use are in /metrics"
+
+
+def check_worker(
+    worker: Worker,
+    reporter: Reporter,
+    timeout: float,
+    families: FamiliesExpectation | None = None,
+) -> WorkerState:
+    """health -> models -> completion -> metrics -> metrics.families, each reported; returns
+    what later phases need."""
     state = WorkerState(worker=worker, model=worker.model)
     t = worker.label
+    scraped: list[Exposition] = []  # the full /metrics, for metrics.families, then dropped
     with session(worker.api_key) as s:
 
         def health() -> str:
@@ -145,14 +235,30 @@ def check_worker(worker: Worker, reporter: Reporter, timeout: float) -> WorkerSt
 
         def metrics() -> str:
             unreachable_guard()
-            detail = require_vllm(fetch_metrics(s, worker, timeout), state.model)
+            expo = fetch_metrics(s, worker, timeout)
+            scraped.append(expo)
+            detail = require_vllm(expo, state.model)
             state.metrics_ok = True
             return detail
+
+        def metrics_families() -> str:
+            unreachable_guard()
+            assert families is not None
+            if not scraped:
+                raise CheckSkipped("no /metrics to read (see metrics)")
+            expo = scraped.pop()
+            if not any(n.startswith("vllm:") for n in expo.names()):
+                raise CheckSkipped("/metrics is not vLLM's (see metrics)")
+            state.version, why = read_version(s, worker, timeout)
+            return families_detail(expo, state.version, why, families)
 
         reporter.run("health", t, health)
         reporter.run("models", t, models)
         reporter.run("completion", t, one_completion)
         reporter.run("metrics", t, metrics)
+        if families is not None:
+            reporter.run("metrics.families", t, metrics_families)
+        scraped.clear()
 
     if not state.completion_ok:
         state.not_loadable = "the single completion failed (see completion)"

@@ -10,9 +10,10 @@ from typing import Any
 
 import pytest
 import yaml
-from fakes import FakePrometheus, FakeVLLM
+from fakes import FakeGrafana, FakePrometheus, FakeVLLM
 
 from postcheck.cli import main
+from postcheck.dashboards import Dashboard, panel_queries
 
 REPO = Path(__file__).resolve().parents[2]
 TEMPLATES = REPO / "templates"
@@ -32,6 +33,13 @@ FAST = [
     "--scrape-interval",
     "0.2s",
 ]
+
+
+@pytest.fixture(autouse=True)
+def _no_grafana_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The caller's environment must not leak Grafana credentials into a test."""
+    monkeypatch.delenv("GRAFANA_USER", raising=False)
+    monkeypatch.delenv("GRAFANA_PASSWORD", raising=False)
 
 
 @pytest.fixture
@@ -62,6 +70,27 @@ def fake_prometheus(servers: list[Any]) -> Callable[..., FakePrometheus]:
         return p
 
     return make
+
+
+@pytest.fixture
+def fake_grafana(servers: list[Any]) -> Callable[..., FakeGrafana]:
+    def make(**kwargs: Any) -> FakeGrafana:
+        g = FakeGrafana(**kwargs)
+        g.start()
+        servers.append(g)
+        return g
+
+    return make
+
+
+def dashboard_checks() -> tuple[int, int]:
+    """(panel queries, n/a panels) of the repo's dashboards: the dashboard checks a fully
+    working fleet passes and skips (the dashboards change; the tests count, never assume)."""
+    queries = na = 0
+    for path in sorted((TEMPLATES / "dashboards").glob("*.json")):
+        q, skipped = panel_queries(Dashboard(path.name, json.loads(path.read_text())))
+        queries, na = queries + len(q), na + len(skipped)
+    return queries, na
 
 
 def write_inventory(tmp_path: Path, data: dict[str, Any]) -> Path:

@@ -8,16 +8,21 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import FAST, TEMPLATES, Result, write_inventory
-from fakes import FakePrometheus, FakeVLLM
+from conftest import FAST, TEMPLATES, Result, dashboard_checks, write_inventory
+from fakes import FakeGrafana, FakePrometheus, FakeVLLM
 
 RunPostcheck = Callable[..., Result]
 
 
 def lab_inventory(
-    tmp_path: Path, vllms: list[FakeVLLM], prom: FakePrometheus | None, **extra: Any
+    tmp_path: Path,
+    vllms: list[FakeVLLM],
+    prom: FakePrometheus | None,
+    grafana: FakeGrafana | None = None,
+    **extra: Any,
 ) -> Path:
-    """Two worker hosts on 127.0.0.1 (their node_exporters on distinct fake ports)."""
+    """Two worker hosts on 127.0.0.1 (their node_exporters on distinct fake ports); the
+    monitoring host runs Grafana only when `grafana` is given (grafana_install_package)."""
     hosts: dict[str, Any] = {}
     for i, v in enumerate(vllms):
         hosts[f"w{i}"] = {
@@ -42,6 +47,11 @@ def lab_inventory(
                     "prometheus_web_listen_address": f"0.0.0.0:{prom.port}",
                     "prometheus_scrape_interval": "200ms",
                     "node_exporter_web_listen_address": "0.0.0.0:9200",
+                    **(
+                        {"grafana_http_port": grafana.port}
+                        if grafana is not None
+                        else {"grafana_install_package": False}
+                    ),
                 }
             }
         }
@@ -57,11 +67,15 @@ def test_full_pass_against_fake_vllm_from_inventory(
     tmp_path: Path,
     fake_vllm: Callable[..., FakeVLLM],
     fake_prometheus: Callable[..., FakePrometheus],
+    fake_grafana: Callable[..., FakeGrafana],
     run_postcheck: RunPostcheck,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     vllms = [fake_vllm(model="tiny"), fake_vllm(model="tiny")]
     prom = fake_prometheus(vllms, ("127.0.0.1:9100", "127.0.0.1:9101", "127.0.0.1:9200"))
-    inv = lab_inventory(tmp_path, vllms, prom)
+    grafana = fake_grafana(password="graf-pw-0123")
+    monkeypatch.setenv("GRAFANA_PASSWORD", "graf-pw-0123")  # user: grafana_admin_user's default
+    inv = lab_inventory(tmp_path, vllms, prom, grafana)
 
     r = run_postcheck("-i", str(inv), *fast_without_interval())
 
@@ -69,7 +83,17 @@ def test_full_pass_against_fake_vllm_from_inventory(
     assert r.by_status("fail") == []
     summary = r.report["summary"]
     assert summary["failed"] == 0 and summary["exit_code"] == 0
-    assert summary["passed"] == summary["total"] > 40
+    queries, na_panels = dashboard_checks()
+    # skipped: only the panels marked n/a and the dashboards the grafana role does not
+    # provision on this fleet (the gateway's, without gateways)
+    skipped = r.by_status("skip")
+    assert all(
+        (c["name"] == "dashboard" and c["detail"].startswith("n/a: "))
+        or (c["name"] == "grafana.dashboard" and "not provisioned here" in c["detail"])
+        for c in skipped
+    ), skipped
+    assert summary["passed"] == summary["total"] - len(skipped) > 40
+    assert len([c for c in skipped if c["name"] == "dashboard"]) == na_panels
     assert summary["scrape_interval_s"] == 0.2  # read from the inventory
     assert summary["workers"] == ["w0/main", "w1/main"]
     for check in r.report["checks"]:
@@ -97,11 +121,18 @@ def test_full_pass_against_fake_vllm_from_inventory(
         assert any(n.startswith(f"prometheus.{signal}:") for n in names), signal
     assert "prometheus.worker_state:up" in names
     dash = r.checks("dashboard", "pass")
-    assert len(dash) == 12 and all(c["target"].startswith("vllm-fleet.json > ") for c in dash)
+    assert len(dash) == queries and any(c["target"].startswith("vllm-fleet.json > ") for c in dash)
+    # Grafana at the monitoring host's grafana_http_port, with the password from the env
+    assert r.checks("grafana", "pass")[0]["target"] == grafana.url
+    assert r.checks("grafana.datasource", "pass") and r.checks("grafana.dashboard", "pass")
+    assert "graf-pw-0123" not in r.out + json.dumps(r.report)
+    # the release each instance runs against the pinned one, and the families it serves
+    assert {c["target"] for c in r.checks("metrics.families", "pass")} == {"w0/main", "w1/main"}
+    assert summary["vllm_version"]["instances"] == {"w0/main": "0.32.0", "w1/main": "0.32.0"}
     # the live output: one line per check, then the summary
     lines = r.out.strip().splitlines()
     assert len(lines) == summary["total"] + 1
-    assert lines[-1] == f"{summary['passed']} passed, 0 failed"
+    assert lines[-1].startswith(f"{summary['passed']} passed, 0 failed")
     assert all(line.split("  ")[0] in ("PASS", "FAIL", "SKIP") for line in lines[:-1])
 
 
@@ -111,7 +142,7 @@ def test_stopped_worker_fails_and_others_still_run_against_fake_vllm(
     run_postcheck: RunPostcheck,
 ) -> None:
     good, stopped = fake_vllm(), fake_vllm()
-    prom = fake_prometheus([good, stopped])
+    prom = fake_prometheus([good, stopped], ("127.0.0.1:9100",))  # host panels need a node
     stopped.stop()
 
     r = run_postcheck(
@@ -300,8 +331,12 @@ def test_dashboard_panels_without_data_fail_and_na_panels_are_listed_against_fak
         na["target"] == "test.json > GPU util"
         and na["detail"] == "n/a: no GPU exporter on CPU fleets"
     )
-    assert "1 skipped" in r.out.strip().splitlines()[-1]
-    assert r.report["summary"]["skipped"] == 1
+    # no --grafana given: the Grafana checks are listed as skipped too, saying why
+    grafana_skips = [c for c in r.by_status("skip") if c["name"].startswith("grafana")]
+    assert grafana_skips and all("no --grafana given" in c["detail"] for c in grafana_skips)
+    skipped = 1 + len(grafana_skips)
+    assert f"{skipped} skipped" in r.out.strip().splitlines()[-1]
+    assert r.report["summary"]["skipped"] == skipped
 
 
 @pytest.mark.parametrize(

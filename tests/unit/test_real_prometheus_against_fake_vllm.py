@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 import requests
-from conftest import Result
+from conftest import Result, dashboard_checks
 from fakes import FakeVLLM
 
 PROMETHEUS = shutil.which("prometheus")
@@ -97,7 +97,7 @@ def test_full_pass_with_real_prometheus_against_fake_vllm(
 
     assert r.code == 0, r.out
     assert r.report["summary"]["failed"] == 0
-    assert len(r.checks("dashboard", "pass")) == 12
+    assert len(r.checks("dashboard", "pass")) == dashboard_checks()[0]
     assert r.checks("prometheus.queue_depth:vllm:num_requests_waiting", "pass")
     assert {c["target"] for c in r.checks("prometheus.up", "pass")} == {
         f"vllm/{vllm.instance}",

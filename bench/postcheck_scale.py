@@ -1,0 +1,288 @@
+"""Scale benchmark of the post-check: simulated fleets of 20, 50, 100, 200 vLLM workers.
+
+    .venv/bin/python bench/postcheck_scale.py [--sizes 20,50,100,200] [--output FILE]
+    make bench-postcheck
+
+For each size it starts the fleet as local processes on 127.0.0.1 (postcheck.testing.aiofleet:
+`--per-process` workers per process, one asyncio listener per port, real HTTP; each worker is
+the unit tests' fake vLLM model: counters move with completions, gauges rise under load,
+capacity plays --max-num-seqs), a fake Prometheus that reads every worker's state at most once
+per scrape interval (so it lags like a real one) and a fake Grafana, then runs the real
+post-check as a subprocess (explicit --worker targets, --prometheus, --grafana, a small load)
+and measures its wall time and its peak RSS (ru_maxrss of that one child, from wait4).
+
+It prints a table (workers, seconds, peak MiB, checks, passed, failed) and writes a JSON
+report. It asserts nothing about timings: the figures depend on the machine and on what else
+runs on it (the report records the load average before each run).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import resource
+import shlex
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import IO, Any
+
+from postcheck.testing.fakes import FakeGrafana, FakePrometheus, HttpStateTarget
+
+GRAFANA_USER, GRAFANA_PASSWORD = "bench", "bench-grafana-password"
+
+
+@dataclass
+class Row:
+    workers: int
+    seconds: float
+    peak_mib: float
+    checks: int
+    passed: int
+    failed: int
+    skipped: int
+    exit_code: int
+    cpu_seconds: float
+    fleet_processes: int
+    loadavg_before: float
+    failures: list[str]
+
+
+class Fleet:
+    """`size` fake vLLM workers in ceil(size / per_process) processes."""
+
+    def __init__(self, size: int, per_process: int, capacity: int, delay: float) -> None:
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self.ports: list[int] = []
+        left = size
+        while left > 0:
+            count = min(per_process, left)
+            left -= count
+            self.procs.append(
+                subprocess.Popen(
+                    [
+                        sys.executable,
+                        "-m",
+                        "postcheck.testing.aiofleet",
+                        "--count",
+                        str(count),
+                        "--capacity",
+                        str(capacity),
+                        "--delay",
+                        str(delay),
+                        "--watch-stdin",
+                    ],
+                    stdin=subprocess.PIPE,
+                    stdout=subprocess.PIPE,
+                )
+            )
+        for p in self.procs:
+            assert p.stdout is not None
+            line = p.stdout.readline()
+            if not line:
+                self.stop()
+                raise SystemExit(f"a fleet process exited before listening (exit {p.wait()})")
+            self.ports += json.loads(line)["ports"]
+
+    def stop(self) -> None:
+        for p in self.procs:
+            if p.poll() is None:
+                p.terminate()
+        for p in self.procs:
+            try:
+                p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+            for stream in (p.stdin, p.stdout):
+                if stream is not None:
+                    stream.close()
+
+
+def postcheck_command(command: str | None) -> list[str]:
+    if command:
+        return shlex.split(command)
+    beside = Path(sys.executable).parent / "postcheck"
+    return [str(beside)] if beside.exists() else [sys.executable, "-m", "postcheck"]
+
+
+def run_measured(
+    argv: list[str], log: IO[bytes], env: dict[str, str]
+) -> tuple[int, float, float, float]:
+    """(exit code, wall seconds, peak RSS MiB, CPU seconds) of one child, from wait4."""
+    start = time.monotonic()
+    proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env)
+    _, status, usage = os.wait4(proc.pid, 0)
+    seconds = time.monotonic() - start
+    proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here, not by Popen
+    cpu = usage.ru_utime + usage.ru_stime
+    return proc.returncode, seconds, usage.ru_maxrss / 1024, cpu  # ru_maxrss: KiB on Linux
+
+
+def bench_one(size: int, a: argparse.Namespace, workdir: Path) -> Row:
+    fleet = Fleet(size, a.per_process, a.capacity, a.delay)
+    # One node_exporter per fleet process (a "host"): always up, serving node_* names.
+    nodes = [f"127.0.0.1:{9100 + i}" for i in range(len(fleet.procs))]
+    prom = FakePrometheus(
+        node_targets=nodes,
+        targets=[
+            HttpStateTarget(f"127.0.0.1:{port}", interval_s=a.scrape_interval)
+            for port in fleet.ports
+        ],
+        record_queries=False,
+    )
+    grafana = FakeGrafana(user=GRAFANA_USER, password=GRAFANA_PASSWORD)
+    try:
+        prom.start()
+        if a.grafana:
+            grafana.start()
+        report = workdir / f"report-{size}.json"
+        argv = postcheck_command(a.postcheck_command)
+        for port in fleet.ports:
+            argv += ["--worker", f"http://127.0.0.1:{port},tiny"]
+        for node in nodes:
+            argv += ["--node-exporter", node]
+        argv += [
+            *("--prometheus", prom.url),
+            *(("--grafana", grafana.url) if a.grafana else ()),
+            *("--requests", str(a.requests), "--concurrency", str(a.concurrency)),
+            *("--invalid", str(a.invalid), "--load-seconds", str(a.load_seconds)),
+            *("--scrape-interval", f"{a.scrape_interval}s", "--timeout", str(a.timeout)),
+            *("--json", str(report)),
+        ]
+        env = {**os.environ, "GRAFANA_USER": GRAFANA_USER, "GRAFANA_PASSWORD": GRAFANA_PASSWORD}
+        load_before = os.getloadavg()[0]
+        with open(workdir / f"postcheck-{size}.log", "wb") as log:
+            code, seconds, peak, cpu = run_measured(argv, log, env)
+    finally:
+        grafana.stop()
+        prom.stop()
+        fleet.stop()
+    data: dict[str, Any] = json.loads(report.read_text()) if report.exists() else {}
+    summary = data.get("summary", {})
+    failures = [
+        f"{c['name']} {c['target']}: {c['detail'][:160]}"
+        for c in data.get("checks", [])
+        if c["status"] == "fail"
+    ]
+    return Row(
+        workers=size,
+        seconds=round(seconds, 2),
+        peak_mib=round(peak, 1),
+        checks=int(summary.get("total", 0)),
+        passed=int(summary.get("passed", 0)),
+        failed=int(summary.get("failed", 0)),
+        skipped=int(summary.get("skipped", 0)),
+        exit_code=code,
+        cpu_seconds=round(cpu, 2),
+        fleet_processes=len(fleet.procs),
+        loadavg_before=round(load_before, 2),
+        failures=failures[:10],
+    )
+
+
+def raise_fd_limit() -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--sizes", default="20,50,100,200", help="fleet sizes (default %(default)s)")
+    p.add_argument("--per-process", type=int, default=50, help="workers per fleet process")
+    p.add_argument("--requests", type=int, default=4)
+    p.add_argument("--concurrency", type=int, default=4)
+    p.add_argument("--invalid", type=int, default=2)
+    p.add_argument("--load-seconds", type=float, default=1.0)
+    p.add_argument("--scrape-interval", type=float, default=1.0, help="fake Prometheus lag, s")
+    p.add_argument("--timeout", type=float, default=15.0)
+    p.add_argument("--capacity", type=int, default=2, help="each worker's --max-num-seqs")
+    p.add_argument(
+        "--delay",
+        type=float,
+        default=0.5,
+        help="seconds one completion runs (default %(default)s: like the load's 32-token "
+        "completions on a real server; much shorter ones make the fleet ask more requests "
+        "per second of the one post-check process than 2 shared cores can send)",
+    )
+    p.add_argument(
+        "--grafana",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="run a fake Grafana and the Grafana checks (default: yes)",
+    )
+    p.add_argument(
+        "--postcheck-command",
+        metavar="CMD",
+        help="run this instead of this checkout's postcheck (e.g. another version, to compare)",
+    )
+    p.add_argument("--keep", metavar="DIR", help="keep each run's post-check output and report")
+    p.add_argument("--output", default="bench-report.json", help="JSON report (%(default)s)")
+    a = p.parse_args(argv)
+    sizes = [int(s) for s in a.sizes.split(",") if s.strip()]
+    if a.concurrency <= a.capacity:
+        p.error("--concurrency must exceed --capacity, or requests never queue")
+    raise_fd_limit()
+    need = max(sizes) * (a.concurrency + 4) + 200
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    if soft != resource.RLIM_INFINITY and soft < need:
+        print(f"warning: open files limit {soft} < about {need} sockets this needs", flush=True)
+
+    print(
+        f"post-check scale benchmark: {os.cpu_count()} CPUs, load {a.requests} completions + "
+        f"{a.invalid} invalid per wave at concurrency {a.concurrency} for {a.load_seconds:g}s, "
+        f"scrape interval {a.scrape_interval:g}s, {a.per_process} workers per fleet process",
+        flush=True,
+    )
+    header = f"{'workers':>7}  {'seconds':>7}  {'peak MiB':>8}  {'checks':>6}  {'passed':>6}  "
+    header += f"{'failed':>6}"
+    rows: list[Row] = []
+    with tempfile.TemporaryDirectory(prefix="postcheck-bench-") as tmp:
+        workdir = Path(a.keep or tmp)
+        workdir.mkdir(parents=True, exist_ok=True)
+        for size in sizes:
+            row = bench_one(size, a, workdir)
+            rows.append(row)
+            if len(rows) == 1:
+                print(header, flush=True)
+            print(
+                f"{row.workers:>7}  {row.seconds:>7.1f}  {row.peak_mib:>8.1f}  {row.checks:>6}  "
+                f"{row.passed:>6}  {row.failed:>6}",
+                flush=True,
+            )
+            for failure in row.failures:
+                print(f"         FAIL {failure}", flush=True)
+    report = {
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "platform": platform.platform(),
+        },
+        "settings": {k: v for k, v in vars(a).items() if k != "output"},
+        "results": [asdict(r) for r in rows],
+        "per_worker": [
+            {
+                "workers": r.workers,
+                "ms_per_worker": round(1000 * r.seconds / r.workers, 1),
+                "checks_per_worker": math.floor(r.checks / r.workers),
+            }
+            for r in rows
+        ],
+    }
+    Path(a.output).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    print(f"report: {a.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
