@@ -11,12 +11,12 @@ LAB_INV     := inventory/lab
 LABCTL      := lab/labctl
 # One place pins vLLM: the role's default.
 VLLM_VERSION := $(shell sed -n 's/^vllm_version: "\(.*\)"/\1/p' roles/vllm/defaults/main.yml)
-APT_PACKAGES := systemd-container debootstrap nftables iproute2 openssh-client prometheus
+APT_PACKAGES := systemd-container debootstrap nftables iproute2 openssh-client prometheus prometheus-node-exporter
 LAB_BINDS   := --bind-ro $(WHEELHOUSE):/opt/wheelhouse --bind-ro $(MODELS):/srv/models
 PLAYBOOK    := ANSIBLE_CONFIG=ansible.cfg $(BIN)/ansible-playbook
 
 .PHONY: help setup apt venv wheelhouse model image lab-up lab-down deploy postcheck demo \
-        lint unit test clean
+        lint unit test clean bench-postcheck
 
 help:
 	@echo "make demo      bring up the local lab, deploy the whole stack, run the post-check"
@@ -78,7 +78,7 @@ demo: deploy
 lint: venv
 	$(BIN)/yamllint --strict .
 	ANSIBLE_CONFIG=ansible.cfg $(BIN)/ansible-lint --profile production
-	$(BIN)/ruff check postcheck tests lab
+	$(BIN)/ruff check postcheck tests lab bench
 	$(BIN)/mypy
 
 unit: venv
@@ -86,6 +86,11 @@ unit: venv
 
 test: setup lint
 	$(BIN)/pytest -v -p no:cacheprovider tests/unit tests/lab
+
+# The post-check against simulated fleets of 20..200 workers (local processes on 127.0.0.1):
+# wall time and peak memory per size, printed and written to bench-report.json. No lab needed.
+bench-postcheck: venv
+	$(BIN)/python bench/postcheck_scale.py --output bench-report.json
 
 clean: lab-down
 	rm -rf $(VENV) postcheck-report.json
