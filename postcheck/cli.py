@@ -506,6 +506,7 @@ def main(argv: list[str] | None = None, out: TextIO | None = None) -> int:
     except Exception as exc:  # a bug outside any check: say so in one line, no traceback
         print(f"postcheck: error: unexpected {type(exc).__name__}: {exc}", file=sys.stderr)
         return 2
+    print(reporter.summary_table(), file=out)
     print(reporter.summary_line(), file=out, flush=True)
     report = reporter.to_json(extra)
     if args.json and not _try_write(args.json, report):

@@ -61,6 +61,14 @@ class Prometheus:
                 f"Prometheus answered no JSON at {resp.url} (is this Prometheus?)"
             ) from None
 
+    def data(self, path: str) -> Mapping[str, Any]:
+        """The `data` of a successful API answer (rules, alerts), else CheckFailed."""
+        body = self._get(path)
+        data = body.get("data") if isinstance(body, Mapping) else None
+        if not isinstance(data, Mapping) or body.get("status") != "success":
+            raise CheckFailed(f"{path} gave no data: {body!r:.200}")
+        return data
+
     def build_version(self) -> str:
         body = self._get("/api/v1/status/buildinfo")
         data = body.get("data") if isinstance(body, Mapping) else None

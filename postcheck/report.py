@@ -97,6 +97,18 @@ class Reporter:
             "total": len(statuses),
         }
 
+    def summary_table(self) -> str:
+        """Counts per kind of check (the name's first segment), one row each."""
+        rows: dict[str, list[int]] = {}
+        with self._lock:
+            for r in self.results:
+                row = rows.setdefault(r.name.split(".")[0].split(":")[0], [0, 0, 0])
+                row[("pass", "fail", "skip").index(r.status)] += 1
+        width = max([len(k) for k in rows] + [5])
+        lines = [f"{'check':<{width}}  passed  failed  skipped"]
+        lines += [f"{k:<{width}}  {p:>6}  {f:>6}  {s:>7}" for k, (p, f, s) in rows.items()]
+        return "\n".join(lines)
+
     def summary_line(self) -> str:
         c = self.counts()
         line = f"{c['passed']} passed, {c['failed']} failed"

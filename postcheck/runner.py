@@ -235,6 +235,45 @@ class Run:
             self.poll(probes)
 
     # phase 4 -------------------------------------------------------------------------
+    def phase_rules(self) -> None:
+        """Rule groups loaded and evaluating without errors; firing alerts reported."""
+        if self.prom is None:
+            for name in ("prometheus.rules", "prometheus.alerts"):
+                self.rep.skip(name, "-", f"{self.prom_down}")
+            return
+        prom = self.prom
+
+        def rules() -> str:
+            groups = prom.data("/api/v1/rules").get("groups") or []
+            broken = [
+                f"{g.get('name')}/{r.get('name')}: {r.get('lastError') or r.get('health')}"
+                for g in groups
+                for r in g.get("rules") or []
+                if r.get("health") not in ("ok", "unknown")
+            ]
+            if broken:
+                raise CheckFailed("rules failing to evaluate: " + "; ".join(broken[:10]))
+            count = sum(len(g.get("rules") or []) for g in groups)
+            return f"{len(groups)} rule groups, {count} rules loaded, none failing"
+
+        def alerts() -> str:
+            firing = [
+                a for a in prom.data("/api/v1/alerts").get("alerts") or []
+                if a.get("state") == "firing"
+            ]
+            # Reported, not judged: an alert can fire for reasons outside this fleet's proof.
+            if not firing:
+                return "no alert firing"
+            names = sorted(
+                f"{a['labels'].get('alertname')}"
+                f"{'{' + a['labels']['instance'] + '}' if 'instance' in a['labels'] else ''}"
+                for a in firing
+            )
+            return f"{len(firing)} firing: " + ", ".join(names[:20])
+
+        self.rep.run("prometheus.rules", prom.base_url, rules)
+        self.rep.run("prometheus.alerts", prom.base_url, alerts)
+
     def phase_dashboards(self, load_started: float) -> None:
         dashboards, broken = load_dashboards(self.opt.dashboards_dir)
         for file, error in broken:
@@ -305,6 +344,7 @@ def run(fleet: Fleet, options: Options, reporter: Reporter) -> dict[str, Any]:
     load_started = time.time()
     outcomes = r.phase_load(states)
     r.phase_signals(states, outcomes)
+    r.phase_rules()
     r.phase_dashboards(load_started)
     return {
         "started": datetime.fromtimestamp(started, UTC).isoformat(timespec="seconds"),

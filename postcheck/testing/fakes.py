@@ -621,6 +621,9 @@ class FakePrometheus(_Base):
         self.targets += list(targets)
         self.record_queries = record_queries
         self.queries: list[str] = []
+        # What /api/v1/rules and /api/v1/alerts serve, in Prometheus's own shapes.
+        self.rule_groups: list[dict[str, Any]] = []
+        self.alerts: list[dict[str, Any]] = []
 
     def _select(self, name: str, labels: Mapping[str, str], over_time: bool) -> list[Row]:
         rows: list[Row] = []
@@ -689,6 +692,13 @@ class FakePrometheus(_Base):
             return self.reply(
                 req, 200, json.dumps({"status": "success", "data": {"version": "2.42.0"}})
             )
+        if parts.path in ("/api/v1/rules", "/api/v1/alerts"):
+            data: dict[str, Any] = (
+                {"groups": self.rule_groups}
+                if parts.path.endswith("rules")
+                else {"alerts": self.alerts}
+            )
+            return self.reply(req, 200, json.dumps({"status": "success", "data": data}))
         if parts.path == "/api/v1/query":
             form = parse_qs(parts.query)
             if body:

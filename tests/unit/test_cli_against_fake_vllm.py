@@ -129,11 +129,14 @@ def test_full_pass_against_fake_vllm_from_inventory(
     # the release each instance runs against the pinned one, and the families it serves
     assert {c["target"] for c in r.checks("metrics.families", "pass")} == {"w0/main", "w1/main"}
     assert summary["vllm_version"]["instances"] == {"w0/main": "0.32.0", "w1/main": "0.32.0"}
-    # the live output: one line per check, then the summary
+    # the live output: one line per check, a table of counts per kind, then the summary
     lines = r.out.strip().splitlines()
-    assert len(lines) == summary["total"] + 1
+    kinds = {c["name"].split(".")[0].split(":")[0] for c in r.report["checks"]}
+    assert len(lines) == summary["total"] + 1 + len(kinds) + 1
     assert lines[-1].startswith(f"{summary['passed']} passed, 0 failed")
-    assert all(line.split("  ")[0] in ("PASS", "FAIL", "SKIP") for line in lines[:-1])
+    checks_out = lines[: summary["total"]]
+    assert all(line.split("  ")[0] in ("PASS", "FAIL", "SKIP") for line in checks_out)
+    assert lines[summary["total"]].split() == ["check", "passed", "failed", "skipped"]
 
 
 def test_stopped_worker_fails_and_others_still_run_against_fake_vllm(
@@ -443,3 +446,41 @@ def test_slow_worker_times_out_and_wrong_model_fails_against_fake_vllm(
     assert (
         "model_name ['served-name'], expected 'expected-name'" in metrics[other.instance]["detail"]
     )
+
+
+def test_rules_and_firing_alerts_against_fake_prometheus(
+    fake_vllm: Callable[..., FakeVLLM],
+    fake_prometheus: Callable[..., FakePrometheus],
+    run_postcheck: RunPostcheck,
+) -> None:
+    v = fake_vllm()
+    prom = fake_prometheus([v], ("127.0.0.1:9100",))
+    prom.rule_groups = [{"name": "vllm", "rules": [
+        {"name": "vllm:e2e_p95:5m", "health": "ok"},
+        {"name": "VllmInstanceDown", "health": "ok"},
+    ]}]
+    prom.alerts = [{"state": "firing", "labels": {"alertname": "HostDiskFilling",
+                                                  "instance": "10.0.0.9:9100"}},
+                   {"state": "pending", "labels": {"alertname": "NotYet"}}]
+
+    r = run_postcheck("--worker", f"{v.url},tiny", "--prometheus", prom.url, *FAST)
+
+    assert r.code == 0, r.out
+    [rules] = r.checks("prometheus.rules", "pass")
+    assert rules["detail"] == "1 rule groups, 2 rules loaded, none failing"
+    [alerts] = r.checks("prometheus.alerts", "pass")
+    assert alerts["detail"] == "1 firing: HostDiskFilling{10.0.0.9:9100}"
+    # the summary table, one row per kind of check, comes before the closing line
+    lines = r.out.strip().splitlines()
+    assert lines[-1].startswith(f"{r.report['summary']['passed']} passed, 0 failed")
+    table = lines[lines.index(next(x for x in lines if x.split()[:2] == ["check", "passed"])):]
+    assert any(row.split()[0] == "prometheus" and row.split()[2] == "0" for row in table[1:-1])
+
+    prom.rule_groups[0]["rules"][1] = {
+        "name": "VllmInstanceDown", "health": "err",
+        "lastError": "vector contains metrics with the same labelset",
+    }
+    broken = run_postcheck("--worker", f"{v.url},tiny", "--prometheus", prom.url, *FAST)
+    assert broken.code == 1
+    [failed] = broken.checks("prometheus.rules", "fail")
+    assert "vllm/VllmInstanceDown: vector contains" in failed["detail"]
