@@ -16,13 +16,14 @@ LAB_BINDS   := --bind-ro $(WHEELHOUSE):/opt/wheelhouse --bind-ro $(MODELS):/srv/
 PLAYBOOK    := ANSIBLE_CONFIG=ansible.cfg $(BIN)/ansible-playbook
 
 .PHONY: help setup apt venv wheelhouse model image lab-up lab-down deploy postcheck demo \
-        lint unit test clean bench-postcheck
+        lint unit test clean bench bench-postcheck bench-vllm
 
 help:
 	@echo "make demo      bring up the local lab, deploy the whole stack, run the post-check"
 	@echo "make test      lint, unit tests, Molecule scenarios and the end-to-end lab test"
 	@echo "make lab-down  remove the lab completely"
 	@echo "make setup     install what the project needs (apt, .venv, wheelhouse, model, image)"
+	@echo "make bench     benchmarks: post-check at 20-200 workers, the vllm role on a lab host"
 
 # ---------------------------------------------------------------- set-up (idempotent)
 setup: apt venv wheelhouse model image
@@ -94,3 +95,10 @@ bench-postcheck: venv
 
 clean: lab-down
 	rm -rf $(VENV) postcheck-report.json
+
+# The vllm role on a real lab host: install (cold/warm wheelhouse), start, restart and
+# kill -9 to serving, second converge, exposure. Printed and written to bench-vllm.json.
+bench-vllm: setup
+	$(BIN)/python bench/vllm_role.py --output bench-vllm.json
+
+bench: bench-postcheck bench-vllm
