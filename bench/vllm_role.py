@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import statistics
 import subprocess
 import sys
@@ -122,7 +123,8 @@ def main() -> int:
             figures["restart_to_ready_s"] = stats([restart_to_ready() for _ in range(args.runs)])
             figures["kill9_to_serving_s"] = stats([kill_to_serving() for _ in range(args.runs)])
             exposure = sh([*SSH, "systemd-analyze security --no-pager vllm-tiny"]).stdout
-            figures["exposure"] = exposure.strip().splitlines()[-1].split(":")[-1].strip()
+            score = re.search(r"exposure level for \S+: ([0-9.]+)", exposure)
+            figures["exposure"] = float(score[1]) if score else exposure.strip()[-80:]
             rss = sh([*SSH, "ps -o rss= -u vllm"]).stdout.split()
             figures["rss_mib"] = round(sum(int(x) for x in rss) / 1024)
         finally:

@@ -4,14 +4,12 @@ Both come from Debian (prometheus-node-exporter 1.5, prometheus 2.42), the versi
 runs. Every panel that is not marked `postcheck: n/a` must return data, with its variables
 replaced exactly as the post-check replaces them: a misspelled node_exporter name, a filter
 that drops everything (overlay or tmpfs only, a renamed device) or a broken expression fails
-here before it reaches a fleet. Skipped where either binary is not installed.
+here before it reaches a fleet. make setup installs both; a missing one fails the module.
 """
 
 from __future__ import annotations
 
 import json
-import shutil
-import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -20,36 +18,15 @@ from pathlib import Path
 import pytest
 import requests
 from conftest import TEMPLATES
+from realservers import NODE_EXPORTER, PROMETHEUS, free_port, start_prometheus, wait_ready
 
 from postcheck.dashboards import Dashboard, panel_queries, substitute, variable_values
 
-PROMETHEUS = shutil.which("prometheus")
-NODE_EXPORTER = shutil.which("prometheus-node-exporter") or shutil.which("node_exporter")
 GPU_HOST = TEMPLATES / "dashboards" / "gpu-host.json"
 SCRAPE_S = 0.5
 
 # make setup installs both from Debian; a missing one is a set-up error, not a reason to skip.
 assert PROMETHEUS and NODE_EXPORTER, "no prometheus/node_exporter: run make setup"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_ready(url: str, proc: subprocess.Popen[bytes], what: str) -> None:
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            pytest.fail(f"{what} exited with {proc.returncode}")
-        try:
-            if requests.get(url, timeout=1).status_code == 200:
-                return
-        except requests.RequestException:
-            pass
-        time.sleep(0.1)
-    pytest.fail(f"{what} did not answer on {url}")
 
 
 @pytest.fixture
@@ -71,28 +48,16 @@ def prometheus_scraping_node_exporter(tmp_path: Path) -> Iterator[str]:
         procs.append(node)
         wait_ready(f"http://127.0.0.1:{node_port}/metrics", node, "node_exporter")
         # The labels the prometheus role's file_sd gives node targets: host = inventory name.
-        (tmp_path / "prometheus.yml").write_text(
+        prom, url = start_prometheus(
             "global: {scrape_interval: 500ms, scrape_timeout: 500ms}\n"
             "scrape_configs:\n"
             "  - job_name: node\n"
             "    static_configs:\n"
             f"      - targets: ['127.0.0.1:{node_port}']\n"
-            "        labels: {host: test-host}\n"
-        )
-        port = free_port()
-        prom = subprocess.Popen(
-            [
-                PROMETHEUS,
-                f"--config.file={tmp_path / 'prometheus.yml'}",
-                f"--storage.tsdb.path={tmp_path / 'data'}",
-                f"--web.listen-address=127.0.0.1:{port}",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+            "        labels: {host: test-host}\n",
+            tmp_path,
         )
         procs.append(prom)
-        url = f"http://127.0.0.1:{port}"
-        wait_ready(f"{url}/-/ready", prom, "prometheus")
         yield url
     finally:
         for p in procs:

@@ -7,25 +7,14 @@ Skipped where the prometheus binary is not installed.
 
 from __future__ import annotations
 
-import shutil
-import socket
 import subprocess
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-import requests
 from conftest import Result, dashboard_checks
 from fakes import FakeVLLM
-
-PROMETHEUS = shutil.which("prometheus")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from realservers import start_prometheus
 
 
 @pytest.fixture
@@ -33,42 +22,21 @@ def real_prometheus(tmp_path: Path) -> Iterator[Callable[[list[FakeVLLM], list[s
     procs: list[subprocess.Popen[bytes]] = []
 
     def start(vllms: list[FakeVLLM], nodes: list[str]) -> str:
-        port = free_port()
         vllm_targets = "\n".join(
             f"      - targets: ['{v.instance}']\n"
             f"        labels: {{host: w{i}, vllm_instance: main}}"
             for i, v in enumerate(vllms)
         )
-        (tmp_path / "prometheus.yml").write_text(
+        proc, url = start_prometheus(
             "global: {scrape_interval: 500ms, scrape_timeout: 500ms}\n"
             "scrape_configs:\n"
             "  - job_name: vllm\n    static_configs:\n" + vllm_targets + "\n"
             "  - job_name: node\n    static_configs:\n"
-            f"      - targets: {nodes!r}\n"
+            f"      - targets: {nodes!r}\n",
+            tmp_path,
         )
-        assert PROMETHEUS is not None, "no prometheus: make setup installs it"
-        procs.append(
-            subprocess.Popen(
-                [
-                    PROMETHEUS,
-                    f"--config.file={tmp_path / 'prometheus.yml'}",
-                    f"--storage.tsdb.path={tmp_path / 'data'}",
-                    f"--web.listen-address=127.0.0.1:{port}",
-                ],
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-            )
-        )
-        url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            try:
-                if requests.get(f"{url}/-/ready", timeout=1).status_code == 200:
-                    return url
-            except requests.RequestException:
-                pass
-            time.sleep(0.1)
-        pytest.fail("prometheus did not become ready")
+        procs.append(proc)
+        return url
 
     yield start
     for p in procs:
