@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -91,6 +94,28 @@ def dashboard_checks() -> tuple[int, int]:
         q, skipped = panel_queries(Dashboard(path.name, json.loads(path.read_text())))
         queries, na = queries + len(q), na + len(skipped)
     return queries, na
+
+
+def run_ansible_playbook(
+    args: list[str], tmp_path: Path, **env: str
+) -> subprocess.CompletedProcess[str]:
+    """The project's ansible-playbook with its config and roles, quiet about localhost."""
+    return subprocess.run(
+        [str(Path(sys.executable).parent / "ansible-playbook"), *args],
+        capture_output=True,
+        text=True,
+        env={
+            **os.environ,
+            "ANSIBLE_CONFIG": str(REPO / "ansible.cfg"),
+            "ANSIBLE_ROLES_PATH": str(REPO / "roles"),
+            "ANSIBLE_NOCOLOR": "1",
+            "ANSIBLE_LOCALHOST_WARNING": "0",
+            "ANSIBLE_INVENTORY_UNPARSED_WARNING": "0",
+            "ANSIBLE_LOCAL_TEMP": str(tmp_path / "ansible-tmp"),
+            **env,
+        },
+        timeout=300,
+    )
 
 
 def write_inventory(tmp_path: Path, data: dict[str, Any]) -> Path:

@@ -15,9 +15,7 @@ from __future__ import annotations
 import base64
 import copy
 import json
-import os
 import re
-import subprocess
 import sys
 import threading
 from collections.abc import Iterator
@@ -30,12 +28,11 @@ from urllib.parse import unquote, urlsplit
 import pytest
 import requests
 import yaml
-from conftest import REPO, TEMPLATES
+from conftest import TEMPLATES, run_ansible_playbook
 
 VERSION = "11.3.0"
 ADMIN = ("admin", "fake-admin-pw-7Qx2LmZ9")
 TOKEN = "glsa_fakeToken_0123456789abcdef"
-ANSIBLE_PLAYBOOK = Path(sys.executable).parent / "ansible-playbook"
 
 
 @dataclass
@@ -361,21 +358,11 @@ def run_role(
             ]
         )
     )
-    env = {
-        **os.environ,
-        "ANSIBLE_CONFIG": str(REPO / "ansible.cfg"),
-        "ANSIBLE_ROLES_PATH": str(REPO / "roles"),
-        "ANSIBLE_NOCOLOR": "1",
-        "ANSIBLE_FORCE_COLOR": "0",
-        "ANSIBLE_LOCAL_TEMP": str(tmp_path / "ansible-tmp"),
-        "ANSIBLE_CALLBACK_RESULT_FORMAT": "yaml",
-    }
-    proc = subprocess.run(
-        [str(ANSIBLE_PLAYBOOK), "-i", str(tmp_path / "hosts.yml"), str(tmp_path / "play.yml")],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
+    proc = run_ansible_playbook(
+        ["-i", str(tmp_path / "hosts.yml"), str(tmp_path / "play.yml")],
+        tmp_path,
+        ANSIBLE_FORCE_COLOR="0",
+        ANSIBLE_CALLBACK_RESULT_FORMAT="yaml",
     )
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out

@@ -27,9 +27,8 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import REPO
+from conftest import run_ansible_playbook
 
-ANSIBLE_PLAYBOOK = Path(sys.executable).parent / "ansible-playbook"
 USER = "admin"
 OLD = "the-old-password-111"
 NEW = "the-new-password-222"
@@ -141,31 +140,10 @@ def run_handlers(
         "ansible_python_interpreter": sys.executable,
     }
     (tmp_path / "extra.json").write_text(json.dumps(extra))
-    env = {
-        **os.environ,
-        "ANSIBLE_CONFIG": str(REPO / "ansible.cfg"),
-        "ANSIBLE_ROLES_PATH": str(REPO / "roles"),
-        "ANSIBLE_NOCOLOR": "1",
-        "ANSIBLE_LOCALHOST_WARNING": "0",
-        "ANSIBLE_INVENTORY_UNPARSED_WARNING": "0",
-        "ANSIBLE_LOCAL_TEMP": str(tmp_path / "ansible-tmp"),
-    }
-    return subprocess.run(
-        [
-            str(ANSIBLE_PLAYBOOK),
-            "-i",
-            "localhost,",
-            "-c",
-            "local",
-            "-e",
-            f"@{tmp_path / 'extra.json'}",
-            "-v",
-            str(tmp_path / "play.yml"),
-        ],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
+    return run_ansible_playbook(
+        ["-i", "localhost,", "-c", "local", "-e", f"@{tmp_path / 'extra.json'}", "-v",
+         str(tmp_path / "play.yml")],
+        tmp_path,
     )
 
 

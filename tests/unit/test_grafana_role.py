@@ -9,21 +9,17 @@ the option checks run in a real ansible-playbook on the controller.
 from __future__ import annotations
 
 import configparser
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import jinja2
 import pytest
 import yaml
-from conftest import REPO
+from conftest import REPO, run_ansible_playbook
 
 ROLES = sorted(p for p in (REPO / "roles").iterdir() if (p / "tasks" / "main.yml").exists())
 GRAFANA = REPO / "roles" / "grafana"
-ANSIBLE_PLAYBOOK = Path(sys.executable).parent / "ansible-playbook"
 
 
 def load_yaml(path: Path) -> Any:
@@ -378,22 +374,10 @@ def test_grafana_validate_refuses_bad_options_naming_them(tmp_path: Path) -> Non
             }
         )
     (tmp_path / "play.yml").write_text(yaml.safe_dump(plays, sort_keys=False))
-    env = {
-        **os.environ,
-        "ANSIBLE_CONFIG": str(REPO / "ansible.cfg"),
-        "ANSIBLE_ROLES_PATH": str(REPO / "roles"),
-        "ANSIBLE_NOCOLOR": "1",
-        "ANSIBLE_LOCALHOST_WARNING": "0",
-        "ANSIBLE_INVENTORY_UNPARSED_WARNING": "0",
-        "ANSIBLE_CALLBACK_RESULT_FORMAT": "json",  # one line per message
-        "ANSIBLE_LOCAL_TEMP": str(tmp_path / "ansible-tmp"),
-    }
-    proc = subprocess.run(
-        [str(ANSIBLE_PLAYBOOK), "-i", "localhost,", "-c", "local", str(tmp_path / "play.yml")],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
+    proc = run_ansible_playbook(
+        ["-i", "localhost,", "-c", "local", str(tmp_path / "play.yml")],
+        tmp_path,
+        ANSIBLE_CALLBACK_RESULT_FORMAT="json",  # one line per message
     )
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out
