@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -116,6 +117,82 @@ def run_ansible_playbook(
         },
         timeout=300,
     )
+
+
+ValidateCase = tuple[str, dict[str, Any], "str | None"]
+# A failed loop says only "One or more items failed": take the first failed item's message.
+FAILED_MSG = (
+    "(ansible_failed_result.results | default([]) | selectattr('failed', 'defined')"
+    " | selectattr('failed') | map(attribute='msg') | list + [ansible_failed_result.msg]) | first"
+)
+
+
+def check_validate_cases(
+    role: str,
+    cases: list[ValidateCase],
+    good_vars: dict[str, Any],
+    tmp_path: Path,
+    inventory: dict[str, Any] | None = None,
+) -> str:
+    """Run the role's tasks/validate.yml once per case, in one ansible-playbook on localhost.
+
+    A case is (name, variables over good_vars, None when it must pass or a text the refusal
+    must contain). Fails naming every case that went the wrong way; returns the output.
+    """
+    plays = [
+        {
+            "name": f"case {i}",
+            "hosts": "localhost",
+            "gather_facts": False,
+            "vars": {**good_vars, **extra},
+            "tasks": [
+                {
+                    "name": "Validate",
+                    "block": [
+                        {
+                            "name": "Run the checks",
+                            "ansible.builtin.include_role": {
+                                "name": role,
+                                "tasks_from": "validate",
+                            },
+                        },
+                        {"name": "Report", "ansible.builtin.debug": {"msg": f"CASE {i} ACCEPTED"}},
+                    ],
+                    "rescue": [
+                        {
+                            "name": "Report",
+                            "ansible.builtin.debug": {
+                                "msg": f"CASE {i} REFUSED: {{{{ {FAILED_MSG} }}}}"
+                            },
+                        }
+                    ],
+                }
+            ],
+        }
+        for i, (_, extra, _) in enumerate(cases)
+    ]
+    (tmp_path / "play.yml").write_text(yaml.safe_dump(plays, sort_keys=False))
+    hosts = ["-i", "localhost,", "-c", "local"]
+    if inventory is not None:
+        hosts = ["-i", str(write_inventory(tmp_path, inventory))]
+    proc = run_ansible_playbook(
+        [*hosts, str(tmp_path / "play.yml")],
+        tmp_path,
+        ANSIBLE_CALLBACK_RESULT_FORMAT="json",  # one line per message
+    )
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out
+    wrong = []
+    for i, (case, _, expected) in enumerate(cases):
+        refused = re.search(rf"CASE {i} REFUSED: (.*)", out)
+        if expected is None and f"CASE {i} ACCEPTED" not in out:
+            wrong.append(f"{case}: refused: {refused and refused.group(1)}")
+        elif expected is not None and not refused:
+            wrong.append(f"{case}: accepted")
+        elif expected is not None and refused and expected not in refused.group(1):
+            wrong.append(f"{case}: {refused.group(1)!r} lacks {expected!r}")
+    assert not wrong, "\n".join(wrong)
+    return out
 
 
 def write_inventory(tmp_path: Path, data: dict[str, Any]) -> Path:

@@ -16,7 +16,7 @@ from typing import Any
 import jinja2
 import pytest
 import yaml
-from conftest import REPO, run_ansible_playbook
+from conftest import REPO, check_validate_cases
 
 ROLES = sorted(p for p in (REPO / "roles").iterdir() if (p / "tasks" / "main.yml").exists())
 GRAFANA = REPO / "roles" / "grafana"
@@ -336,57 +336,6 @@ CASES: list[tuple[str, dict[str, Any], str | None]] = [
 
 
 def test_grafana_validate_refuses_bad_options_naming_them(tmp_path: Path) -> None:
-    """One play, one block per case: include tasks/validate.yml, record what it said."""
-    plays = []
-    for i, (_, extra, _) in enumerate(CASES):
-        plays.append(
-            {
-                "name": f"case {i}",
-                "hosts": "localhost",
-                "gather_facts": False,
-                "vars": {**GOOD_LOCAL, **extra},
-                "tasks": [
-                    {
-                        "name": "Validate",
-                        "block": [
-                            {
-                                "name": "Run the checks",
-                                "ansible.builtin.include_role": {
-                                    "name": "grafana",
-                                    "tasks_from": "validate",
-                                },
-                            },
-                            {
-                                "name": "Report",
-                                "ansible.builtin.debug": {"msg": f"CASE {i} ACCEPTED"},
-                            },
-                        ],
-                        "rescue": [
-                            {
-                                "name": "Report",
-                                "ansible.builtin.debug": {
-                                    "msg": f"CASE {i} REFUSED: {{{{ ansible_failed_result.msg }}}}"
-                                },
-                            }
-                        ],
-                    }
-                ],
-            }
-        )
-    (tmp_path / "play.yml").write_text(yaml.safe_dump(plays, sort_keys=False))
-    proc = run_ansible_playbook(
-        ["-i", "localhost,", "-c", "local", str(tmp_path / "play.yml")],
-        tmp_path,
-        ANSIBLE_CALLBACK_RESULT_FORMAT="json",  # one line per message
-    )
-    out = proc.stdout + proc.stderr
-    assert proc.returncode == 0, out
-    for i, (case, _, expected) in enumerate(CASES):
-        refused = re.search(rf"CASE {i} REFUSED: (.*)", out)
-        if expected is None:
-            assert f"CASE {i} ACCEPTED" in out, f"{case}: refused: {refused and refused.group(1)}"
-        else:
-            assert refused, f"{case}: accepted"
-            assert expected in refused.group(1), f"{case}: {refused.group(1)!r} lacks {expected!r}"
+    out = check_validate_cases("grafana", CASES, GOOD_LOCAL, tmp_path)
     for secret in ("a-good-password-123", "a-good-secret-key-456"):
         assert secret not in out
