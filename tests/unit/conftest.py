@@ -195,6 +195,44 @@ def check_validate_cases(
     return out
 
 
+PROMTOOL_TESTS = REPO / "tests" / "promtool"
+RULE_FILES = ["vllm.rules.yml", "vllm.alerts.yml", "node.alerts.yml", "vllm.slo.yml"]
+
+
+def render_rules(dest: Path, vars_file: Path | None = PROMTOOL_TESTS / "vars.yml") -> Path:
+    """The prometheus role's rule files, rendered by Ansible into dest (the role's defaults,
+    then vars_file: by default the SLOs the promtool tests assume)."""
+    playbook = str(PROMTOOL_TESTS / "render_rules.yml")
+    args = ["-i", "localhost,", playbook, "-e", f"render_dest={dest}"]
+    if vars_file is not None:
+        args += ["-e", f"render_vars={vars_file}"]
+    proc = run_ansible_playbook(args, dest)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return dest
+
+
+def rules_of(directory: Path) -> list[tuple[str, dict[str, Any]]]:
+    """(file name, rule) for every rule of the rendered rule files."""
+    return [
+        (name, rule)
+        for name in RULE_FILES
+        for group in (yaml.safe_load((directory / name).read_text())["groups"] or [])
+        for rule in group["rules"]
+    ]
+
+
+@pytest.fixture(scope="session")
+def rendered_rules(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return render_rules(tmp_path_factory.mktemp("rules"))
+
+
+@pytest.fixture(scope="session")
+def recorded_series(rendered_rules: Path) -> dict[str, str]:
+    """Recording rule name -> its expression (the SLO rules for the promtool tests' SLOs)."""
+    rules = rules_of(rendered_rules)
+    return {rule["record"]: rule["expr"] for _, rule in rules if "record" in rule}
+
+
 def write_inventory(tmp_path: Path, data: dict[str, Any]) -> Path:
     path = tmp_path / "hosts.yml"
     path.write_text(yaml.safe_dump(data, sort_keys=False))

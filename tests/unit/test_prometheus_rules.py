@@ -15,19 +15,10 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import REPO, check_validate_cases, run_ansible_playbook
+from conftest import PROMTOOL_TESTS, RULE_FILES, check_validate_cases, render_rules
 
 PROMTOOL = shutil.which("promtool")
-TESTS = REPO / "tests" / "promtool"
-RULE_FILES = ["vllm.rules.yml", "vllm.alerts.yml", "node.alerts.yml", "vllm.slo.yml"]
-
-
-def render(dest: Path, vars_file: Path | None) -> None:
-    args = ["-i", "localhost,", str(TESTS / "render_rules.yml"), "-e", f"render_dest={dest}"]
-    if vars_file is not None:
-        args += ["-e", f"render_vars={vars_file}"]
-    proc = run_ansible_playbook(args, dest)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+TESTS = PROMTOOL_TESTS
 
 
 def promtool(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
@@ -36,12 +27,10 @@ def promtool(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
 
 
 @pytest.fixture(scope="module")
-def rendered(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    dest = tmp_path_factory.mktemp("rules")
-    render(dest, TESTS / "vars.yml")
+def rendered(rendered_rules: Path) -> Path:
     for test in TESTS.glob("*.test.yml"):
-        shutil.copy(test, dest)
-    return dest
+        shutil.copy(test, rendered_rules)
+    return rendered_rules
 
 
 def alerts_in(path: Path) -> set[str]:
@@ -79,7 +68,7 @@ def test_every_alert_has_a_firing_and_a_silent_case(rendered: Path) -> None:
 
 
 def test_without_slos_the_slo_file_is_empty_but_valid(tmp_path: Path) -> None:
-    render(tmp_path, None)
+    render_rules(tmp_path, None)
     assert yaml.safe_load((tmp_path / "vllm.slo.yml").read_text()) == {"groups": []}
     assert "PrometheusRemoteWriteBehind" not in alerts_in(tmp_path / "node.alerts.yml")
     for name in RULE_FILES:
