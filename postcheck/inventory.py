@@ -234,7 +234,7 @@ def fleet_from_inventory(
                 )
             )
 
-    # Like roles/prometheus/templates/file_sd.yml.j2: the host's address, the exporter's port.
+    # Like roles/prometheus/templates/targets.j2: the host's address, the exporter's port.
     nodes: list[str] = []
     for host in group_hosts(data, "all"):
         _, port = _listen_target(

@@ -82,7 +82,22 @@ DATASOURCE_VARS = {
     "__grafana_datasource_uid": "prometheus",
     "grafana_prometheus_url": "http://127.0.0.1:9090",
     "grafana_prometheus_scrape_interval": "15s",
+    "grafana_prometheus_basic_auth_user": "",
+    "grafana_prometheus_basic_auth_password": "",
 }
+
+
+def test_datasource_with_prometheus_basic_auth_and_tls_on_loopback() -> None:
+    text = render(
+        "datasource.yml.j2",
+        **{**DATASOURCE_VARS, "grafana_prometheus_url": "https://127.0.0.1:9090",
+           "grafana_prometheus_basic_auth_user": "grafana",
+           "grafana_prometheus_basic_auth_password": 'p"w: #1'},
+    )  # fmt: skip
+    (ds,) = yaml.safe_load(text)["datasources"]
+    assert ds["basicAuth"] is True and ds["basicAuthUser"] == "grafana"
+    assert ds["secureJsonData"] == {"basicAuthPassword": 'p"w: #1'}
+    assert ds["jsonData"]["tlsSkipVerify"] is True
 
 
 def test_datasource_provisioning_file_has_grafanas_format() -> None:
