@@ -17,7 +17,8 @@ LAB_BINDS   := --bind-ro $(WHEELHOUSE):/opt/wheelhouse --bind-ro $(MODELS):/srv/
 PLAYBOOK    := ANSIBLE_CONFIG=ansible.cfg $(BIN)/ansible-playbook
 
 .PHONY: help setup apt venv wheelhouse model image mirror lab-up lab-down deploy postcheck demo \
-        lint unit test clean bench bench-postcheck bench-vllm bench-site
+        lint unit test clean bench bench-postcheck bench-vllm bench-site bench-render \
+        capture-vllm-metrics
 
 help:
 	@echo "make demo      bring up the local lab, deploy the whole stack, run the post-check"
@@ -85,6 +86,13 @@ demo: deploy
 	@echo "Grafana:     not run here (no package); provisioning in lab-mon1:/etc/grafana/provisioning"
 	@echo "Post-check:  postcheck-report.json"
 
+# The metric families of the pinned vLLM, captured from a real scrape on a lab host into
+# templates/vllm-metrics/<version>.txt: run it after raising vllm_version, review the diff,
+# commit it. The upgrade guard (tests/unit/test_metric_guard.py) checks every dashboard,
+# rule and post-check metric against that file.
+capture-vllm-metrics: setup
+	$(BIN)/python lab/capture_vllm_metrics.py --output-dir templates/vllm-metrics
+
 # ---------------------------------------------------------------- tests
 lint: venv
 	$(BIN)/yamllint --strict .
@@ -117,4 +125,9 @@ bench-vllm: setup
 bench-site: setup
 	$(BIN)/python bench/site_bench.py --output bench-site.json
 
-bench: bench-postcheck bench-vllm bench-site
+# Render and promtool-check the scrape configuration for 200 to 2,000 simulated GPU hosts:
+# median, min and max seconds per size, and how it grows. No lab needed.
+bench-render: venv
+	$(BIN)/python bench/scrape_render.py
+
+bench: bench-postcheck bench-render bench-vllm bench-site
