@@ -32,6 +32,7 @@ class PanelQuery:
     title: str
     ref_id: str
     expr: str
+    repeat: str | None = None  # variable the panel (or its row) repeats over
 
 
 @dataclass(frozen=True)
@@ -137,10 +138,43 @@ def substitute(expr: str, values: Mapping[str, str]) -> str:
     return VARIABLE.sub(repl, expr)
 
 
+def panels_with_repeat(panels: Any) -> Iterator[tuple[Mapping[str, Any], str | None]]:
+    """Every panel with the variable it repeats over: its own `repeat`, or its row's (the
+    panels after an open row, or inside a collapsed one, until the next row)."""
+    row_repeat: str | None = None
+    for panel in panels or []:
+        if not isinstance(panel, Mapping):
+            continue
+        own = panel.get("repeat") if isinstance(panel.get("repeat"), str) else None
+        if panel.get("type") == "row":
+            row_repeat = own
+            for inner in iter_panels(panel.get("panels")):
+                yield inner, (inner.get("repeat") or row_repeat)
+            continue
+        yield panel, (own or row_repeat)
+        for inner in iter_panels(panel.get("panels")):
+            yield inner, (inner.get("repeat") or own or row_repeat)
+
+
+_LABEL_VALUES = re.compile(r"^\s*label_values\(\s*(.+?)\s*,\s*(\w+)\s*\)\s*$")
+
+
+def repeat_source(dashboard: Mapping[str, Any], variable: str) -> tuple[str, str] | None:
+    """(series selector, label) of a `label_values(selector, label)` query variable."""
+    templating = dashboard.get("templating")
+    for var in templating.get("list", []) if isinstance(templating, Mapping) else []:
+        if isinstance(var, Mapping) and var.get("name") == variable:
+            query = var.get("query")
+            text = query.get("query") if isinstance(query, Mapping) else query
+            m = _LABEL_VALUES.match(str(text or var.get("definition") or ""))
+            return (m.group(1), m.group(2)) if m else None
+    return None
+
+
 def panel_queries(dashboard: Dashboard) -> tuple[list[PanelQuery], list[PanelNA]]:
     queries: list[PanelQuery] = []
     skipped: list[PanelNA] = []
-    for panel in iter_panels(dashboard.data.get("panels")):
+    for panel, repeat in panels_with_repeat(dashboard.data.get("panels")):
         targets = [
             t for t in panel.get("targets") or [] if isinstance(t, Mapping) and t.get("expr")
         ]
@@ -167,6 +201,7 @@ def panel_queries(dashboard: Dashboard) -> tuple[list[PanelQuery], list[PanelNA]
                     title=title,
                     ref_id=str(t.get("refId", "?")),
                     expr=str(t["expr"]),
+                    repeat=str(repeat) if repeat else None,
                 )
             )
     return queries, skipped

@@ -41,10 +41,13 @@ class Fleet:
     # Dashboards (file names without .json) the grafana role provisions; None: its default.
     grafana_dashboards: tuple[str, ...] | None = None
     grafana_verify_tls: bool = True  # grafana_validate_certs (external mode)
+    # (user, password) when Prometheus has basic auth: prometheus_web_basic_auth_users' first.
+    prometheus_auth: tuple[str, str] | None = None
 
     @property
     def secrets(self) -> tuple[str, ...]:
-        return tuple(w.api_key for w in self.workers if w.api_key)
+        keys = tuple(w.api_key for w in self.workers if w.api_key)
+        return keys + ((self.prometheus_auth[1],) if self.prometheus_auth else ())
 
 
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w|y)")

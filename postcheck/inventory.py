@@ -5,6 +5,7 @@ Hostvars read (the roles' public variables; defaults in defaults.py):
                       vllm_api_key (optional; a vaulted value is decrypted with ansible-vault)
   every host:         ansible_host, node_exporter_web_listen_address (its port)
   first monitoring:   ansible_host, prometheus_web_listen_address, prometheus_scrape_interval,
+                      prometheus_web_basic_auth_users (first user), prometheus_web_tls_cert_file,
                       grafana_mode, grafana_url, grafana_install_package, grafana_http_addr,
                       grafana_http_port, grafana_ini.server.protocol, grafana_admin_user,
                       grafana_dashboards, grafana_gateway_group, grafana_validate_certs
@@ -200,6 +201,21 @@ def _api_key(name: str, hostvars: Mapping[str, Any], vault_password_file: str | 
     return str(_plain(raw, f"vllm_api_key of {name}"))
 
 
+def _prometheus_auth(
+    mon: str, hostvars: Mapping[str, Any], vault_password_file: str | None
+) -> tuple[str, str] | None:
+    """The first of prometheus_web_basic_auth_users (by name), as the role scrapes itself."""
+    users = hostvars.get("prometheus_web_basic_auth_users")
+    if not isinstance(users, Mapping) or not users:
+        return None
+    user = sorted(str(u) for u in users)[0]
+    raw = users[user]
+    if isinstance(raw, Mapping) and "__ansible_vault" in raw:
+        what = f"prometheus_web_basic_auth_users.{user} of {mon}"
+        return user, decrypt_vault(str(raw["__ansible_vault"]), vault_password_file, what)
+    return user, str(_plain(raw, f"prometheus_web_basic_auth_users.{user} of {mon}"))
+
+
 def fleet_from_inventory(
     data: Mapping[str, Any],
     *,
@@ -263,13 +279,16 @@ def fleet_from_inventory(
         dashboards=None,
         verify_tls=True,
     )
+    auth: tuple[str, str] | None = None
     if monitoring:
         grafana = _grafana(monitoring[0], hv(monitoring[0]), data)
         mon = monitoring[0]
         h, port = _listen_target(
             mon, hv(mon), "prometheus_web_listen_address", defaults.PROMETHEUS_WEB_LISTEN_ADDRESS
         )
-        prometheus_url = f"http://{format_host(h)}:{port}"
+        scheme = "https" if hv(mon).get("prometheus_web_tls_cert_file") else "http"
+        prometheus_url = f"{scheme}://{format_host(h)}:{port}"
+        auth = _prometheus_auth(mon, hv(mon), vault_password_file)
         raw_interval = _plain(
             hv(mon).get("prometheus_scrape_interval", defaults.PROMETHEUS_SCRAPE_INTERVAL),
             f"prometheus_scrape_interval of {mon}",
@@ -290,6 +309,7 @@ def fleet_from_inventory(
         grafana_admin_user=grafana.admin_user,
         grafana_dashboards=grafana.dashboards,
         grafana_verify_tls=grafana.verify_tls,
+        prometheus_auth=auth,
     )
 
 

@@ -33,15 +33,19 @@ def selector(name: str, labels: Mapping[str, str]) -> str:
 
 
 class Prometheus:
-    def __init__(self, base_url: str, timeout_s: float) -> None:
+    def __init__(
+        self, base_url: str, timeout_s: float, auth: tuple[str, str] | None = None
+    ) -> None:
         self.base_url = base_url.rstrip("/")
         self.timeout_s = timeout_s
+        self.auth = auth  # basic auth (prometheus_web_basic_auth_users), never printed
         self._local = threading.local()  # one kept-alive session per thread, not per query
 
     def _session(self) -> requests.Session:
         s: requests.Session | None = getattr(self._local, "session", None)
         if s is None:
             s = self._local.session = session()
+            s.auth = self.auth
         return s
 
     def _get(self, path: str, params: Mapping[str, str] | None = None) -> Any:

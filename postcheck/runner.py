@@ -21,9 +21,11 @@ from typing import Any
 
 from postcheck import defaults
 from postcheck.dashboards import (
+    Dashboard,
     PanelQuery,
     load_dashboards,
     panel_queries,
+    repeat_source,
     substitute,
     variable_values,
 )
@@ -71,7 +73,9 @@ class Run:
         self.opt = options
         self.rep = reporter
         self.prom = (
-            Prometheus(fleet.prometheus_url, options.timeout_s) if fleet.prometheus_url else None
+            Prometheus(fleet.prometheus_url, options.timeout_s, fleet.prometheus_auth)
+            if fleet.prometheus_url
+            else None
         )
         self.prom_down: str | None = None if self.prom else fleet.prometheus_missing_reason
         interval = fleet.scrape_interval_s
@@ -295,11 +299,34 @@ class Run:
             queries, skipped = panel_queries(dash)
             for na in skipped:
                 self.rep.skip("dashboard", f"{na.dashboard} > {na.title}", f"n/a: {na.reason}")
+            empty = self.empty_repeats(prom, dash, {q.repeat for q in queries if q.repeat})
             for q in queries:
+                if q.repeat in empty:
+                    target = f"{q.dashboard} > {q.title} [{q.ref_id}]"
+                    self.rep.skip("dashboard", target, f"n/a: {empty[q.repeat]}")
+                    continue
                 check = partial(self.dashboard_query, prom, q, values, deadline)
                 target = f"{q.dashboard} > {q.title} [{q.ref_id}]"
                 jobs.append(partial(self.rep.run, "dashboard", target, check))
         _parallel(jobs)
+
+    @staticmethod
+    def empty_repeats(prom: Prometheus, dash: Dashboard, variables: set[str]) -> dict[str, str]:
+        """Repeat variables without values, and why: Grafana then shows no such panel (the
+        SLO rows of a fleet without SLOs)."""
+        empty: dict[str, str] = {}
+        for var in sorted(variables):
+            source = repeat_source(dash.data, var)
+            if source is None:
+                continue
+            selector, label = source
+            try:
+                values = prom.query(f"count by ({label}) ({selector})")
+            except CheckFailed:
+                continue  # its panels' own queries then fail, saying why
+            if not values:
+                empty[var] = f"repeats over ${var}: label_values({selector}, {label}) is empty"
+        return empty
 
     def dashboard_query(
         self, prom: Prometheus, q: PanelQuery, values: dict[str, str], deadline: float

@@ -83,9 +83,10 @@ def test_full_pass_against_fake_vllm_from_inventory(
     assert r.by_status("fail") == []
     summary = r.report["summary"]
     assert summary["failed"] == 0 and summary["exit_code"] == 0
-    queries, na_panels = dashboard_checks()
-    # skipped: only the panels marked n/a and the dashboards the grafana role does not
-    # provision on this fleet (the gateway's, without gateways)
+    queries, na_panels, slo_queries = dashboard_checks()
+    # skipped: only the panels marked n/a, the SLO rows (no SLO: Grafana repeats them zero
+    # times) and the dashboards the grafana role does not provision on this fleet (the
+    # gateway's, without gateways)
     skipped = r.by_status("skip")
     assert all(
         (c["name"] == "dashboard" and c["detail"].startswith("n/a: "))
@@ -93,7 +94,8 @@ def test_full_pass_against_fake_vllm_from_inventory(
         for c in skipped
     ), skipped
     assert summary["passed"] == summary["total"] - len(skipped) > 40
-    assert len([c for c in skipped if c["name"] == "dashboard"]) == na_panels
+    assert len([c for c in skipped if c["name"] == "dashboard"]) == na_panels + slo_queries
+    assert len([c for c in skipped if "repeats over $slo_model" in c["detail"]]) == slo_queries
     assert summary["scrape_interval_s"] == 0.2  # read from the inventory
     assert summary["workers"] == ["w0/main", "w1/main"]
     for check in r.report["checks"]:
@@ -121,7 +123,8 @@ def test_full_pass_against_fake_vllm_from_inventory(
         assert any(n.startswith(f"prometheus.{signal}:") for n in names), signal
     assert "prometheus.worker_state:up" in names
     dash = r.checks("dashboard", "pass")
-    assert len(dash) == queries and any(c["target"].startswith("vllm-fleet.json > ") for c in dash)
+    assert len(dash) == queries - slo_queries
+    assert any(c["target"].startswith("vllm-fleet.json > ") for c in dash)
     # Grafana at the monitoring host's grafana_http_port, with the password from the env
     assert r.checks("grafana", "pass")[0]["target"] == grafana.url
     assert r.checks("grafana.datasource", "pass") and r.checks("grafana.dashboard", "pass")

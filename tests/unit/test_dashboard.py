@@ -518,3 +518,18 @@ def test_reference_copy_matches_the_vllm_032_scrape() -> None:
     families = reference_families()
     assert len(families) > 50
     assert "vllm:num_requests_waiting" in families and "vllm:request_failure_total" not in families
+
+
+def test_slo_row_panels_repeat_over_the_slo_variable() -> None:
+    """The post-check skips them when $slo_model has no values, as Grafana shows none."""
+    from postcheck.dashboards import Dashboard, repeat_source
+
+    dash = load(FLEET)
+    queries, _ = panel_queries(Dashboard(FLEET.name, dash))
+    repeated = {q.title for q in queries if q.repeat == "slo_model"}
+    assert repeated == {"SLO objectives", "SLO current ratio (1h)", "Error budget remaining"}
+    assert all(q.repeat is None for q in queries if q.title not in repeated)
+    assert repeat_source(dash, "slo_model") == (
+        "model_name:vllm_slo_availability:objective",
+        "model_name",
+    )

@@ -12,23 +12,31 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from conftest import Result, dashboard_checks
+from conftest import Result, dashboard_checks, render_rules
 from fakes import FakeVLLM
 from realservers import start_prometheus
 
 
 @pytest.fixture
 def real_prometheus(tmp_path: Path) -> Iterator[Callable[[list[FakeVLLM], list[str]], str]]:
+    """A real Prometheus scraping the fakes as the role's file_sd labels them, with the role's
+    rule files (an SLO for the fakes' model `tiny`, so the SLO rows have data)."""
     procs: list[subprocess.Popen[bytes]] = []
+    (tmp_path / "slo.yml").write_text(
+        "prometheus_vllm_slos: [{model: tiny, availability: 0.99, latency_threshold_seconds: 5,"
+        " latency_objective: 0.95, window: 30d}]\nprometheus_slo_budget_interval: 1s\n"
+    )
+    rules = render_rules(tmp_path / "rules", tmp_path / "slo.yml")
 
     def start(vllms: list[FakeVLLM], nodes: list[str]) -> str:
         vllm_targets = "\n".join(
             f"      - targets: ['{v.instance}']\n"
-            f"        labels: {{host: w{i}, vllm_instance: main}}"
+            f"        labels: {{host: w{i}, vllm_instance: main, model: tiny}}"
             for i, v in enumerate(vllms)
         )
         proc, url = start_prometheus(
-            "global: {scrape_interval: 500ms, scrape_timeout: 500ms}\n"
+            "global: {scrape_interval: 500ms, scrape_timeout: 500ms, evaluation_interval: 500ms}\n"
+            f"rule_files: ['{rules}/*.yml']\n"
             "scrape_configs:\n"
             "  - job_name: vllm\n    static_configs:\n" + vllm_targets + "\n"
             "  - job_name: node\n    static_configs:\n"
