@@ -5,10 +5,12 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+import requests
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -54,3 +56,65 @@ def lab() -> Iterator[dict[str, object]]:
               "--inventory", str(LAB_INVENTORY), *LAB_BINDS])
     yield json.loads(up.stdout)
     run([str(LABCTL), "down", "--lab", "demo"])
+
+
+# ---------------------------------------------------------------- the converged demo lab
+WORKER, MONITOR = "10.231.0.10", "10.231.0.11"
+PROMETHEUS = f"http://{MONITOR}:9090"
+VLLM = f"http://{WORKER}:8000"
+SSH = ["ssh", "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
+       "-o", "LogLevel=ERROR", "-o", "ConnectTimeout=3", "-o", "BatchMode=yes",
+       "-i", "/var/lib/vllm-lab/ssh/id_ed25519"]
+
+
+def ssh(address: str, command: str, check: bool = True, stdin: str | None = None,
+        timeout: float = 60) -> str:
+    """A command on a lab host as root; its stdout."""
+    proc = subprocess.run([*SSH, f"root@{address}", command], text=True, capture_output=True,
+                          input=stdin, timeout=timeout)
+    if check and proc.returncode != 0:
+        pytest.fail(f"{address}: {command} exited {proc.returncode}: {proc.stderr[-2000:]}")
+    return proc.stdout.strip()
+
+
+def http() -> requests.Session:
+    """Lab addresses are private: never through a proxy from the environment."""
+    s = requests.Session()
+    s.trust_env = False
+    return s
+
+
+def prometheus_ready() -> bool:
+    try:
+        return http().get(f"{PROMETHEUS}/-/ready", timeout=3).status_code == 200
+    except requests.RequestException:
+        return False
+
+
+def vllm_serving() -> bool:
+    try:
+        r = http().post(f"{VLLM}/v1/completions", timeout=10,
+                        json={"model": "tiny-llama", "prompt": "Hello", "max_tokens": 1})
+        return r.status_code == 200
+    except requests.RequestException:
+        return False
+
+
+def wait_for(what: str, ok: Callable[[], bool], timeout: float, every: float = 0.5) -> float:
+    """Poll until ok() or fail after timeout; the seconds it took."""
+    start = time.monotonic()
+    while not ok():
+        if time.monotonic() - start > timeout:
+            pytest.fail(f"{what}: not within {timeout:.0f} s")
+        time.sleep(every)
+    return time.monotonic() - start
+
+
+@pytest.fixture(scope="module")
+def converged(lab: dict[str, object]) -> dict[str, object]:
+    """The demo lab with site.yml applied: test_site.py leaves it so; alone, converge it."""
+    if not prometheus_ready():
+        playbook("site.yml", "--skip-tags", "postcheck")
+    wait_for("vllm-tiny serving", vllm_serving, timeout=240, every=1)
+    wait_for("Prometheus ready", prometheus_ready, timeout=60)
+    return lab

@@ -30,6 +30,25 @@ def postcheck(report: Path) -> tuple[int, dict[str, object]]:
     return proc.returncode, json.loads(report.read_text())
 
 
+def test_check_diff_on_fresh_hosts_fails_nowhere_and_changes_nothing(
+    lab: dict[str, object],
+) -> None:
+    """`--check --diff` before the first converge: what ops run to preview a new fleet."""
+    proc = playbook("site.yml", "--check", "--diff", check=False)
+    hosts = recap(proc.stdout)
+    failed = {n: h for n, h in hosts.items() if h["failed"] or h["unreachable"]}
+    errors = [line for line in proc.stdout.splitlines() if "[ERROR]" in line or "fatal:" in line]
+    assert proc.returncode == 0 and not failed, f"--check --diff failed on {failed}: {errors}"
+    assert {"lab-worker1", "lab-mon1", "localhost"} <= hosts.keys(), proc.stdout[-3000:]
+    assert hosts["lab-worker1"]["changed"] > 0, "--check previewed no change on a fresh host"
+    assert "+ExecStart=" in proc.stdout  # the diff shows the unit it would write
+    left = run([str(BIN / "ansible"), "-i", str(LAB_INVENTORY), "all", "-m",
+                "ansible.builtin.shell", "-a",
+                "ls /etc/systemd/system/vllm-tiny.service /etc/prometheus/prometheus.yml "
+                "/etc/grafana/grafana.ini 2>/dev/null; true"]).stdout
+    assert "/etc/" not in left, f"--check wrote files: {left}"
+
+
 def test_site_converges_on_fresh_hosts(lab: dict[str, object], tmp_path: Path) -> None:
     proc = playbook("site.yml", "-e", f"postcheck_report={tmp_path / 'first.json'}")
     hosts = recap(proc.stdout)
@@ -58,7 +77,9 @@ def test_postcheck_passes_with_the_six_signals(lab: dict[str, object], tmp_path:
         assert signal in names, f"no check for the design signal {signal}"
 
 
-TINY = {"name": "tiny", "port": 8000, "model": "/srv/models/tiny-llama"}
+# As inventory/lab has it: its SLO names the served model, checked before the instances.
+TINY = {"name": "tiny", "port": 8000, "model": "/srv/models/tiny-llama",
+        "served_model_name": "tiny-llama"}
 BAD_INPUTS = [
     ("instance name", {"vllm_instances": [{**TINY, "name": "Bad_Name"}]},
      "vllm_instances[0].name=Bad_Name"),
@@ -85,6 +106,44 @@ BAD_INPUTS = [
     ("scrape interval", {"prometheus_scrape_interval": "fast"}, "prometheus_scrape_interval=fast"),
     ("node_exporter address", {"node_exporter_web_listen_address": "9100"},
      "node_exporter_web_listen_address=9100"),
+    ("instances not a list", {"vllm_instances": "tiny"},
+     "option 'vllm_instances' is of type str"),
+    ("missing port", {"vllm_instances": [{"name": "tiny", "model": TINY["model"]}]},
+     "missing required arguments: port found in vllm_instances"),
+    ("port of the GPU exporter", {"vllm_instances": [{**TINY, "port": 9400}]},
+     "port=9400"),
+    ("negative GPU index", {"vllm_instances": [{**TINY, "gpus": [-1]}]}, "(tiny).gpus=[-1]"),
+    ("GPUs unlike tensor-parallel-size",
+     {"vllm_instances": [{**TINY, "gpus": [0, 1], "args": {"tensor-parallel-size": 1}}]},
+     "(tiny).gpus=[0, 1]"),
+    ("instance env not a mapping", {"vllm_instances": [{**TINY, "env": "A=1"}]},
+     "vllm_instances[0] (tiny): needs a model, and args/env as mappings"),
+    ("environment not a mapping", {"vllm_environment": ["HF_HOME=/x"]},
+     "argument 'vllm_environment' is of type list"),
+    ("ready timeout not a number", {"vllm_ready_timeout": "soon"},
+     "argument 'vllm_ready_timeout' is of type str"),
+    ("zero stop timeout", {"vllm_stop_timeout": 0}, "vllm_stop_timeout=0"),
+    ("vLLM as root", {"vllm_user": "root"}, "vllm_user=root"),
+    ("unpinned vLLM", {"vllm_version": "latest"}, "vllm_version=latest"),
+    ("listen address with a port", {"vllm_listen_address": "0.0.0.0:8000"},
+     "vllm_listen_address=0.0.0.0:8000"),
+    ("short Grafana password", {"grafana_admin_password": "hunter2"}, "grafana_admin_password"),
+    ("Grafana's default secret key", {"grafana_secret_key": "SW2YcwTIb9zpOOhoPsMm"},
+     "grafana_secret_key"),
+    ("unknown Grafana mode", {"grafana_mode": "cloud"}, "grafana_mode"),
+    ("unknown dashboard", {"grafana_dashboards": ["vllm-fleet", "nope"]},
+     "grafana_dashboards: nope"),
+    ("password in grafana_ini", {"grafana_ini": {"security": {"admin_password": "x" * 16}}},
+     "grafana_ini"),
+    ("Grafana port of Prometheus", {"grafana_http_port": 9090}, "grafana_http_port=9090"),
+    ("external labels not a mapping", {"prometheus_external_labels": ["cluster", "eu"]},
+     "argument 'prometheus_external_labels' is of type list"),
+    ("invalid external label name", {"prometheus_external_labels": {"bad-label": "eu"}},
+     "prometheus_external_labels: bad-label is not a valid label name"),
+    ("scrape timeout over interval", {"prometheus_scrape_timeout": "10s"},
+     "prometheus_scrape_timeout=10s is longer than prometheus_scrape_interval=5s"),
+    ("extra scrape configs not a list", {"prometheus_extra_scrape_configs": "job_name: x"},
+     "prometheus_extra_scrape_configs"),
 ]
 
 
