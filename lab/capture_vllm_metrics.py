@@ -16,7 +16,6 @@ the dashboards, rules and post-check against it. --url skips the lab and reads a
 from __future__ import annotations
 
 import argparse
-import re
 import subprocess
 import sys
 import tempfile
@@ -26,13 +25,13 @@ from pathlib import Path
 
 import requests
 
+from postcheck import promtext
+from postcheck.promtext import family_of
+
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 LABCTL = ROOT / "lab" / "labctl"
 LAB, SUBNET, HOST, ADDRESS = "capture", "10.231.19.0/24", "capture-w1", "10.231.19.10"
-SAMPLE = re.compile(r"^([a-zA-Z_:][\w:]*)(\{.*\})?\s+\S+")
-LABEL = re.compile(r'([a-zA-Z_]\w*)="')
-SUFFIXES = ("_bucket", "_count", "_sum", "_created", "_total", "_info")
 
 
 @dataclass
@@ -47,29 +46,19 @@ class Family:
 
 def parse(text: str) -> dict[str, Family]:
     """Families of a text exposition, keyed as the guard lists them (counters with _total)."""
-    fams: dict[str, Family] = {}
-    for line in text.splitlines():
-        if line.startswith("# HELP ") or line.startswith("# TYPE "):
-            _, kind, name, *rest = line.split(" ", 3)
-            fam = fams.setdefault(name, Family(name))
-            if kind == "HELP":
-                fam.help = rest[0] if rest else ""
-            else:
-                fam.type = rest[0].strip() if rest else "untyped"
-            continue
-        m = SAMPLE.match(line)
-        if not m or line.startswith("#"):
-            continue
-        sample, labels = m.group(1), m.group(2) or ""
-        bases = [sample] + [sample[: -len(s)] for s in SUFFIXES if sample.endswith(s)]
-        owner = next((fams[b] for b in bases if b in fams), None)
+    expo = promtext.parse(text)
+    fams = {name: Family(name, kind) for name, kind in expo.types.items()}
+    for name, text_ in expo.helps.items():
+        fams.setdefault(name, Family(name)).help = text_
+    for sample in expo.samples:
+        owner = fams.get(family_of(sample.name, fams) or "")
         if owner is None:
             continue
         owner.samples += 1
-        le = re.search(r'le="([^"]+)"', labels) if sample.endswith("_bucket") else None
-        if le and le.group(1) not in owner.buckets and le.group(1) != "+Inf":
-            owner.buckets.append(le.group(1))
-        owner.labels |= set(LABEL.findall(labels)) - {"le", "quantile"}
+        le = sample.labels.get("le") if sample.name.endswith("_bucket") else None
+        if le and le not in owner.buckets and le != "+Inf":
+            owner.buckets.append(le)
+        owner.labels |= set(sample.labels) - {"le", "quantile"}
     # prometheus_client names counters x_total on samples, x in TYPE: list them as x_total.
     out = {}
     for fam in fams.values():

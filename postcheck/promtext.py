@@ -24,6 +24,7 @@ class Sample:
 class Exposition:
     samples: list[Sample] = field(default_factory=list)
     types: dict[str, str] = field(default_factory=dict)  # family name -> counter|gauge|...
+    helps: dict[str, str] = field(default_factory=dict)  # family name -> its # HELP text
 
     def matching(self, name: str, labels: Mapping[str, str] | None = None) -> list[Sample]:
         want = labels or {}
@@ -149,6 +150,8 @@ def parse(text: str, only: Iterable[str] | None = None) -> Exposition:
             parts = raw.strip().split(None, 3)
             if len(parts) >= 4 and parts[1] == "TYPE":
                 out.types[parts[2]] = parts[3].strip()
+            elif len(parts) >= 3 and parts[1] == "HELP":
+                out.helps[parts[2]] = parts[3] if len(parts) == 4 else ""
             continue
         sample = _sample(raw, lineno)
         if sample is not None:
