@@ -21,13 +21,15 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def wait_ready(url: str, proc: subprocess.Popen[bytes], what: str) -> None:
+def wait_ready(
+    url: str, proc: subprocess.Popen[bytes], what: str, auth: tuple[str, str] | None = None
+) -> None:
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             pytest.fail(f"{what} exited with {proc.returncode}")
         try:
-            if requests.get(url, timeout=1).status_code == 200:
+            if requests.get(url, timeout=1, auth=auth).status_code == 200:
                 return
         except requests.RequestException:
             pass

@@ -5,28 +5,19 @@ the inventory, queries pass with them and fail clearly without."""
 from __future__ import annotations
 
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import bcrypt
 import pytest
-import requests
 from conftest import write_inventory
-from realservers import PROMETHEUS, free_port
+from realservers import PROMETHEUS, free_port, wait_ready
 
 from postcheck.inventory import load_fleet
 from postcheck.prometheus import Prometheus
 from postcheck.report import CheckFailed
 
 PASSWORD = "a-long-test-password"
-
-
-def ready(url: str) -> bool:
-    try:
-        return requests.get(f"{url}/-/ready", auth=("grafana", PASSWORD), timeout=1).ok
-    except requests.RequestException:
-        return False
 
 
 @pytest.fixture
@@ -44,10 +35,7 @@ def guarded_prometheus(tmp_path: Path) -> Iterator[str]:
     )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 20
-        while not ready(url) and proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert ready(url), "the guarded Prometheus did not start"
+        wait_ready(f"{url}/-/ready", proc, "prometheus", auth=("grafana", PASSWORD))
         yield url
     finally:
         proc.terminate()
