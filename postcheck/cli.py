@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, TextIO
@@ -498,7 +499,7 @@ def main(argv: list[str] | None = None, out: TextIO | None = None) -> int:
         if args is not None and args.json:
             _try_write(args.json, {"summary": {"error": str(exc), "exit_code": 2}, "checks": []})
         if args is not None and args.junit:
-            _try_write_junit(args.junit, junit_xml([], error=str(exc)))
+            _try_write(args.junit, junit_xml([], error=str(exc)), write_junit)
         return 2
     except KeyboardInterrupt:
         print("postcheck: interrupted", file=sys.stderr)
@@ -518,23 +519,15 @@ def main(argv: list[str] | None = None, out: TextIO | None = None) -> int:
             duration=float(extra.get("duration", 0.0)),
             properties={"source": fleet.source, "prometheus": fleet.prometheus_url or "-"},
         )
-        if not _try_write_junit(args.junit, xml):
+        if not _try_write(args.junit, xml, write_junit):
             return 2
     return reporter.exit_code()
 
 
-def _try_write(path: str, report: dict[str, Any]) -> bool:
+def _try_write(path: str, payload: Any, write: Callable[[str, Any], None] = write_json) -> bool:
+    """Write a report file; a path that cannot be written is said in one line, not raised."""
     try:
-        write_json(path, report)
-    except OSError as exc:
-        print(f"postcheck: error: cannot write {path}: {exc}", file=sys.stderr)
-        return False
-    return True
-
-
-def _try_write_junit(path: str, xml: bytes) -> bool:
-    try:
-        write_junit(path, xml)
+        write(path, payload)
     except OSError as exc:
         print(f"postcheck: error: cannot write {path}: {exc}", file=sys.stderr)
         return False
