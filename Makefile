@@ -13,6 +13,8 @@ LABCTL      := lab/labctl
 # One place pins vLLM: the role's default.
 VLLM_VERSION := $(shell sed -n 's/^vllm_version: "\(.*\)"/\1/p' roles/vllm/defaults/main.yml)
 APT_PACKAGES := systemd-container debootstrap nftables iproute2 openssh-client prometheus prometheus-node-exporter
+# Headless Chromium for the post-check HTML report's browser test (driven by selenium).
+APT_PACKAGES += chromium chromium-driver
 LAB_BINDS   := --bind-ro $(WHEELHOUSE):/opt/wheelhouse --bind-ro $(MODELS):/srv/models
 PLAYBOOK    := ANSIBLE_CONFIG=ansible.cfg $(BIN)/ansible-playbook
 
@@ -77,7 +79,7 @@ deploy: lab-up
 	$(PLAYBOOK) -i $(LAB_INV) site.yml
 
 postcheck:
-	$(BIN)/postcheck --inventory $(LAB_INV) --json postcheck-report.json
+	$(BIN)/postcheck --inventory $(LAB_INV) --json postcheck-report.json --html postcheck-report.html
 
 demo: deploy
 	@echo
@@ -85,6 +87,7 @@ demo: deploy
 	@echo "vLLM:        http://10.231.0.10:8000/v1/models"
 	@echo "Grafana:     not run here (no package); provisioning in lab-mon1:/etc/grafana/provisioning"
 	@echo "Post-check:  postcheck-report.json"
+	@echo "Report:      $(CURDIR)/postcheck-report.html   (one self-contained page: open it in a browser)"
 
 # The metric families of the pinned vLLM, captured from a real scrape on a lab host into
 # templates/vllm-metrics/<version>.txt: run it after raising vllm_version, review the diff,
@@ -112,7 +115,7 @@ bench-postcheck: venv
 	$(BIN)/python bench/postcheck_scale.py --output bench-report.json
 
 clean: lab-down
-	rm -rf $(VENV) postcheck-report.json
+	rm -rf $(VENV) postcheck-report.json postcheck-report.xml postcheck-report.html
 
 # The vllm role on a real lab host: install (cold/warm wheelhouse), start, restart and
 # kill -9 to serving, second converge, exposure. Printed and written to bench-vllm.json.

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -14,6 +15,7 @@ from postcheck import defaults, paths
 from postcheck.dashboards import load_dashboards, panel_queries
 from postcheck.fleet import Fleet, UsageError, Worker, host_port, normalize_url, parse_duration
 from postcheck.grafana import GrafanaAccess
+from postcheck.html_report import html_report, write_html
 from postcheck.inventory import load_fleet
 from postcheck.report import Reporter, junit_xml, write_json, write_junit
 from postcheck.runner import Options, raise_open_files_limit, run
@@ -239,6 +241,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="FILE",
         help="write a JUnit XML report there (a testcase per check, classname = the check "
         "name's first segment; failures and skips with their detail)",
+    )
+    misc.add_argument(
+        "--html",
+        metavar="FILE",
+        help="write a self-contained HTML report there: summary, checks, signals per "
+        "instance, and every dashboard panel drawn from Prometheus over the run",
     )
     misc.add_argument(
         "--grafana-user-env",
@@ -520,6 +528,10 @@ def main(argv: list[str] | None = None, out: TextIO | None = None) -> int:
             properties={"source": fleet.source, "prometheus": fleet.prometheus_url or "-"},
         )
         if not _try_write(args.junit, xml, write_junit):
+            return 2
+    if args.html:
+        page = html_report(report, fleet, options, time.time())
+        if not _try_write(args.html, page, write_html):
             return 2
     return reporter.exit_code()
 

@@ -102,6 +102,23 @@ class Prometheus:
             ]
         raise CheckFailed(f"unexpected Prometheus result type {rtype!r}")
 
+    def query_range(
+        self, expr: str, start: float, end: float, step: float
+    ) -> list[tuple[dict[str, str], list[tuple[float, float]]]]:
+        """Range query: (labels, [(unix time, value)]) per series; NaN values kept as NaN."""
+        params = {"query": expr, "start": f"{start:.3f}", "end": f"{end:.3f}", "step": f"{step:g}"}
+        body = self._get("/api/v1/query_range", params)
+        if not isinstance(body, Mapping) or body.get("status") != "success":
+            err = body.get("error") if isinstance(body, Mapping) else None
+            raise CheckFailed(f"Prometheus range query failed: {err or body!r:.300}")
+        data = body.get("data") or {}
+        if data.get("resultType") != "matrix" or not isinstance(data.get("result"), list):
+            raise CheckFailed(f"unexpected range result type {data.get('resultType')!r}")
+        return [
+            (dict(r.get("metric", {})), [(float(t), float(v)) for t, v in r.get("values", [])])
+            for r in data["result"]
+        ]
+
 
 def poll(
     attempt: Callable[[], tuple[bool, str]], deadline: float, interval_s: float

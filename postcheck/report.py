@@ -99,11 +99,8 @@ class Reporter:
 
     def summary_table(self) -> str:
         """Counts per kind of check (the name's first segment), one row each."""
-        rows: dict[str, list[int]] = {}
         with self._lock:
-            for r in self.results:
-                row = rows.setdefault(r.name.split(".")[0].split(":")[0], [0, 0, 0])
-                row[("pass", "fail", "skip").index(r.status)] += 1
+            rows = counts_by_kind((r.name, r.status) for r in self.results)
         width = max([len(k) for k in rows] + [5])
         lines = [f"{'check':<{width}}  passed  failed  skipped"]
         lines += [f"{k:<{width}}  {p:>6}  {f:>6}  {s:>7}" for k, (p, f, s) in rows.items()]
@@ -124,6 +121,15 @@ class Reporter:
         with self._lock:
             checks = [asdict(r) for r in self.results]
         return {"summary": summary, "checks": checks}
+
+
+def counts_by_kind(results: Iterable[tuple[str, str]]) -> dict[str, list[int]]:
+    """[passed, failed, skipped] per kind of check (the name's first segment)."""
+    rows: dict[str, list[int]] = {}
+    for name, status in results:
+        row = rows.setdefault(name.split(".")[0].split(":")[0], [0, 0, 0])
+        row[("pass", "fail", "skip").index(status)] += 1
+    return rows
 
 
 def write_json(path: str, report: dict[str, Any]) -> None:
