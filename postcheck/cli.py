@@ -5,17 +5,16 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, TextIO
 
 from postcheck import defaults, paths
+from postcheck.capacity import from_inventory
 from postcheck.dashboards import load_dashboards, panel_queries
 from postcheck.fleet import Fleet, UsageError, Worker, host_port, normalize_url, parse_duration
 from postcheck.grafana import GrafanaAccess
-from postcheck.html_report import html_report, write_html
 from postcheck.inventory import load_fleet
 from postcheck.report import Reporter, junit_xml, write_json, write_junit
 from postcheck.runner import Options, raise_open_files_limit, run
@@ -41,15 +40,26 @@ Checks, in order (independent ones run concurrently; one failure never stops the
                    detail always says both versions and, if any, the missing families
   prometheus.up    up == 1 for every target the inventory implies: job vllm (one per
                    instance, host:port) and job node (every host, node_exporter's port)
-  load             per instance, waves of N completions + K invalid requests (unknown model,
-                   answered 404) at concurrency C, for at least --load-seconds; /metrics is
-                   polled meanwhile; exactly what was sent and answered is counted
+  load             per instance: /metrics read twice --traffic-window apart (counters that
+                   moved mean other traffic), then N completions + K invalid requests
+                   (unknown model, answered 404), exactly counted. A queue probe (see
+                   --queue-probe) keeps its capacity + a margin in flight (capacity =
+                   max-num-seqs from the inventory's vllm_engine_args and instance args as
+                   the vllm role merges them; else vLLM's own default for the device; else,
+                   without an inventory, found by doubling the load until requests wait)
+                   and keeps the queue filled until Prometheus has been SEEN to scrape
+                   num_requests_waiting and num_requests_running above 0 for it (polled
+                   during the load; without Prometheus: /metrics polls), within the whole
+                   load's deadline. The others: at most 4 in flight, nothing waits.
   metrics.<signal> per instance, what templates/signals.yml expects on /metrics: counters
-                   grew by exactly the completions (or invalid requests) sent, queue depth
-                   and in-flight gauges were seen above 0 during the load
+                   grew by exactly the completions (or invalid requests) sent (with other
+                   traffic: at least that, the detail and the JSON say it is a lower bound,
+                   error counters are attributed to the post-check's own failed requests
+                   or reported as unknown origin); queue depth and in-flight gauges were
+                   seen above 0 during the load (queue probes; elsewhere: present)
   prometheus.<signal>  the same through Prometheus (waiting up to two scrape intervals):
-                   counters equal the instance's /metrics after the load, max_over_time of
-                   the gauges over the load > 0, up == 1
+                   counters equal the instance's /metrics after the load (other traffic:
+                   at least), max_over_time of the gauges over the load > 0, up == 1
   dashboard        every panel query of every dashboard JSON returns data (panels whose
                    description has a line "postcheck: n/a: <reason>" are listed as SKIP)
   grafana          (where Grafana runs) GET /api/health: database ok
@@ -62,8 +72,13 @@ Checks, in order (independent ones run concurrently; one failure never stops the
 
 Output: one line per check "PASS|FAIL|SKIP  name  target  detail", then "N passed, M failed";
 --json writes every check and a summary, --junit the same as JUnit XML for CI systems.
-Every instance is loaded at once; Prometheus is polled for all instances together.
-Run it against an otherwise idle fleet: other traffic changes the counters it compares.
+Every instance is loaded at once from one asyncio event loop (aiohttp, a connection pool per
+instance), within the open-files limit; Prometheus is polled for all instances together.
+Timeouts: the checks' requests --timeout (default 30s); a load request's timeout comes from
+the single completion's measured time x the load's tokens / 4 x (in flight / capacity + 1)
+x 8 (a full batch decodes slower), at least 15s, at most the load deadline (--timeout
+overrides it); the whole load ends by --load-deadline. A slow fleet gets longer timeouts; a
+worker that stops answering fails its load, named, when its requests time out.
 """
 
 EPILOG = """\
@@ -93,7 +108,8 @@ Grafana is asked anonymously (/api/health needs no login).
 
 exit status: 0 every check passed (skips allowed), 1 a check failed,
 2 bad usage or input (no workers in the inventory, bad URL, unreadable file, no metric
-family list for the pinned vLLM release).
+family list for the pinned vLLM release, contradictory load options such as a --queue-probe
+naming an unknown model or a --load-deadline shorter than --timeout), before any request.
 
 examples:
   postcheck -i inventory/lab --json postcheck.json --junit postcheck.xml
@@ -134,6 +150,67 @@ def _seconds(text: str) -> float:
         return parse_duration(text)
     except UsageError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _queue_probe(text: str) -> str:
+    text = text.strip()
+    if text in ("all", "per-model"):
+        return text
+    if text.startswith("model:"):
+        if not [n for n in text[len("model:") :].split(",") if n.strip()]:
+            raise argparse.ArgumentTypeError(f"model: names no model: {text!r}")
+        return text
+    try:
+        count = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"not all, per-model, a number or model:NAME,...: {text!r}"
+        ) from None
+    if count < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more: {text!r}")
+    return str(count)
+
+
+def check_load_options(args: argparse.Namespace, fleet: Fleet) -> None:
+    """Contradictory or impossible load options: refused before any request is sent."""
+    if args.queue_probe.startswith("model:"):
+        names = [n.strip() for n in args.queue_probe[len("model:") :].split(",") if n.strip()]
+        known = sorted({w.model for w in fleet.workers if w.model})
+        unknown = [n for n in names if n not in known]
+        if unknown:
+            raise UsageError(
+                f"--queue-probe {args.queue_probe}: no instance serves {', '.join(unknown)} "
+                f"(served: {', '.join(known) or 'none named'})"
+            )
+    if args.concurrency is not None:
+        small = [
+            f"{w.label} ({w.capacity_source})"
+            for w in fleet.workers
+            if from_inventory(w.capacity_source) and w.capacity and args.concurrency <= w.capacity
+        ]
+        if small:
+            raise UsageError(
+                f"--concurrency {args.concurrency} does not exceed the capacity of "
+                f"{', '.join(small[:3])}: requests would never wait"
+            )
+    deadline = args.load_deadline
+    if deadline is not None:
+        if args.timeout is not None and deadline < args.timeout:
+            raise UsageError(
+                f"--load-deadline {deadline:g} is shorter than one completion may take "
+                f"(--timeout {args.timeout:g})"
+            )
+        if args.load_seconds and deadline < args.load_seconds:
+            raise UsageError(
+                f"--load-deadline {deadline:g} is shorter than --load-seconds "
+                f"{args.load_seconds:g}"
+            )
+        scrapes = 2 * fleet.scrape_interval_s
+        if fleet.prometheus_url and deadline <= scrapes:
+            raise UsageError(
+                f"--load-deadline {deadline:g} leaves Prometheus no time to scrape the queue "
+                f"(two scrape intervals: {scrapes:g}s)"
+            )
 
 
 def _seconds_or_zero(text: str) -> float:
@@ -188,15 +265,28 @@ def build_parser() -> argparse.ArgumentParser:
         type=_positive_int,
         default=defaults.REQUESTS,
         metavar="N",
-        help=f"completions per wave per instance (default {defaults.REQUESTS})",
+        help=f"completions per instance, at least (default {defaults.REQUESTS}); a queue "
+        "probe sends more until its queue is proven",
     )
     load.add_argument(
         "--concurrency",
         type=_positive_int,
-        default=defaults.CONCURRENCY,
         metavar="C",
-        help=f"requests in flight per instance (default {defaults.CONCURRENCY}); must "
-        "exceed the server's --max-num-seqs for requests to queue",
+        help="requests in flight per queue probe (default: its capacity + a margin, e.g. "
+        "260 for max-num-seqs 256); must exceed the inventory's max-num-seqs",
+    )
+    load.add_argument(
+        "--queue-probe",
+        type=_queue_probe,
+        default=defaults.QUEUE_PROBE,
+        metavar="all|per-model|N|model:NAME,...",
+        help="instances whose queue is filled and proven: every one, one canary per served "
+        "model, N of them (one per model in turn), or one canary of each named model; the "
+        "others get the counter load, and every check but the gauges' above-0 one. "
+        f"Default {defaults.QUEUE_PROBE}: on a 500-GPU fleet after a rolling change each "
+        "model's instances run the same release and flags, so one canary per model proves "
+        "the queue signal end to end, while filling 500 queues of 1024 slots would be a "
+        "fleet-wide load test on production",
     )
     load.add_argument(
         "--max-tokens",
@@ -211,22 +301,40 @@ def build_parser() -> argparse.ArgumentParser:
         type=_count,
         default=defaults.INVALID_REQUESTS,
         metavar="K",
-        help=f"invalid requests (unknown model) per wave (default {defaults.INVALID_REQUESTS})",
+        help=f"invalid requests (unknown model) per instance (default "
+        f"{defaults.INVALID_REQUESTS})",
     )
     load.add_argument(
         "--load-seconds",
         type=_seconds_or_zero,
         metavar="S",
-        help="send waves until at least this long has passed "
-        "(default: two scrape intervals, so Prometheus scrapes mid-load)",
+        help="load each instance at least this long (default: no minimum; a queue probe "
+        "runs until Prometheus has seen its queue)",
+    )
+    load.add_argument(
+        "--load-deadline",
+        type=_seconds,
+        metavar="S",
+        help=f"the whole load ends by then: requests still unanswered fail (default "
+        f"{defaults.LOAD_DEADLINE_MIN_S:g}s + {defaults.LOAD_DEADLINE_SCRAPES} scrape "
+        "intervals)",
+    )
+    load.add_argument(
+        "--traffic-window",
+        type=_seconds,
+        default=defaults.TRAFFIC_WINDOW_S,
+        metavar="S",
+        help=f"seconds between the two reads of each /metrics before the load that detect "
+        f"other traffic (default {defaults.TRAFFIC_WINDOW_S:g})",
     )
     misc = p.add_argument_group("other")
     misc.add_argument(
         "--timeout",
         type=_seconds,
-        default=defaults.TIMEOUT_S,
         metavar="S",
-        help=f"seconds one HTTP request may take (default {defaults.TIMEOUT_S:g})",
+        help=f"seconds one HTTP request may take, load requests included (default: "
+        f"{defaults.TIMEOUT_S:g} for the checks' requests; for load requests from the single "
+        "completion's measured time, see above)",
     )
     misc.add_argument(
         "--scrape-interval",
@@ -241,12 +349,6 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="FILE",
         help="write a JUnit XML report there (a testcase per check, classname = the check "
         "name's first segment; failures and skips with their detail)",
-    )
-    misc.add_argument(
-        "--html",
-        metavar="FILE",
-        help="write a self-contained HTML report there: summary, checks, signals per "
-        "instance, and every dashboard panel drawn from Prometheus over the run",
     )
     misc.add_argument(
         "--grafana-user-env",
@@ -480,13 +582,18 @@ def main(argv: list[str] | None = None, out: TextIO | None = None) -> int:
         signals = load_signals(args.signals)
         load_dashboards(args.dashboards)  # the folder must exist; broken files fail later as checks
         grafana = grafana_access(args, fleet)
+        check_load_options(args, fleet)
         options = Options(
             requests=args.requests,
             concurrency=args.concurrency,
             invalid=args.invalid,
             max_tokens=args.max_tokens,
-            timeout_s=args.timeout,
+            timeout_s=args.timeout or defaults.TIMEOUT_S,
+            load_timeout_s=args.timeout,
             load_seconds=args.load_seconds,
+            queue_probe=args.queue_probe,
+            load_deadline_s=args.load_deadline,
+            traffic_window_s=args.traffic_window,
             vllm_job=args.vllm_job,
             node_job=args.node_job,
             dashboards_dir=args.dashboards,
@@ -528,10 +635,6 @@ def main(argv: list[str] | None = None, out: TextIO | None = None) -> int:
             properties={"source": fleet.source, "prometheus": fleet.prometheus_url or "-"},
         )
         if not _try_write(args.junit, xml, write_junit):
-            return 2
-    if args.html:
-        page = html_report(report, fleet, options, time.time())
-        if not _try_write(args.html, page, write_html):
             return 2
     return reporter.exit_code()
 

@@ -35,28 +35,47 @@ GRAFANA_GATEWAY_DASHBOARD = "gateway"
 VLLM_JOB = "vllm"
 NODE_JOB = "node"
 
-# Load the post-check sends to every vLLM instance (per wave; see load.py).
-REQUESTS = 24
-CONCURRENCY = 8
+# The load (load.py). Every instance gets REQUESTS completions and INVALID_REQUESTS invalid
+# ones (unknown model) at most COUNTER_IN_FLIGHT at a time, enough to prove its counters; a
+# queue probe keeps its capacity + a margin in flight until its queue is proven.
+REQUESTS = 8
 INVALID_REQUESTS = 2
-# Tokens each load completion generates (EOS ignored): long enough that a request holds its
-# batch slot for a while, so with CONCURRENCY above --max-num-seqs requests keep queueing
-# for the whole load and every Prometheus scrape in it sees the queue.
+COUNTER_IN_FLIGHT = 4
+# Which instances' queues are filled: one canary per served model. On a 500-GPU fleet after a
+# rolling change every instance runs the same release and flags per model, so one canary per
+# model proves the queue signal end to end, while filling all 500 queues (1024 slots each on
+# H100/H200) would be a fleet-wide load test on production; counters prove every instance.
+QUEUE_PROBE = "per-model"
+# Tokens each load completion generates (EOS ignored): a request holds its batch slot about
+# a second on a full H100/H200 batch, so requests are replaced about once a second while
+# Prometheus is waited for (fewer requests than shorter ones, and a short drain).
 LOAD_MAX_TOKENS = 32
-
-# A load whose /metrics polls have not yet seen every gauge above 0 (while its completions
-# succeed) goes on for up to its length again, at least LOAD_EXTEND_MIN_S and at most
-# LOAD_EXTEND_MAX_S seconds more: a busy controller's poll can miss the queue by chance.
-LOAD_EXTEND_MIN_S = 2.0
-LOAD_EXTEND_MAX_S = 10.0
+# Where the capacity is not known (--worker without an inventory): start this many in flight
+# and double while no request waits, up to the maximum.
+RAMP_START_IN_FLIGHT = 16
+RAMP_MAX_IN_FLIGHT = 4096
+# /metrics polls of a queue probe during its load (slower on fleets with many probes).
+POLL_INTERVAL_S = 0.2
+# Before the load, each instance's counters are read this far apart: moved ones mean other
+# traffic, and the counter checks become lower bounds.
+TRAFFIC_WINDOW_S = 2.0
+# The whole load ends by LOAD_DEADLINE_MIN_S + LOAD_DEADLINE_SCRAPES scrape intervals.
+LOAD_DEADLINE_MIN_S = 60.0
+LOAD_DEADLINE_SCRAPES = 4
+# One load request's timeout (runner.request_timeout): the single completion's time scaled
+# to the load's tokens and queue position, times this (a full batch decodes each sequence
+# several times slower than a lone one; instances sharing a host slow each other down),
+# at least the floor (the post-check's old fixed timeout), at most the load deadline.
+FULL_BATCH_SLOWDOWN = 8.0
+REQUEST_TIMEOUT_FLOOR_S = 15.0
 
 # Environment variables the Grafana credentials are read from (never from the command line).
 GRAFANA_USER_ENV = "GRAFANA_USER"
 GRAFANA_PASSWORD_ENV = "GRAFANA_PASSWORD"
 GRAFANA_TOKEN_ENV = "GRAFANA_TOKEN"  # a service account token instead of user and password
 
-# Seconds one HTTP request may take before its check fails.
-TIMEOUT_S = 15.0
+# Seconds one HTTP request of the checks before and after the load may take (--timeout).
+TIMEOUT_S = 30.0
 
 # How long, beyond two scrape intervals, to wait for Prometheus to show what /metrics shows
 # (scrape and query latency); at most one scrape interval.
@@ -71,6 +90,3 @@ WILDCARD_HOSTS = frozenset({"", "0.0.0.0", "::", "[::]"})
 
 # Threads for the independent checks of phase 1 (worker checks: I/O bound).
 CHECK_THREADS = 64
-# Every instance is loaded at the same time (a load holds --concurrency + 1 threads and as
-# many sockets), within these budgets; beyond them loads run in rounds.
-LOAD_THREAD_BUDGET = 2400

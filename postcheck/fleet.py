@@ -20,6 +20,10 @@ class Worker:
     model: str | None  # served model name; None: take the first one /v1/models lists
     api_key: str | None = field(default=None, repr=False)
     vllm_version: str | None = None  # the host's vllm_version hostvar; None: the role default
+    # Requests it runs at once (vLLM's --max-num-seqs x data-parallel-size) and where that
+    # came from (capacity.py); None: unknown, the load finds it from the instance's gauges.
+    capacity: int | None = None
+    capacity_source: str = "not known (no inventory)"
 
     @property
     def instance(self) -> str:

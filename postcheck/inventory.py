@@ -9,7 +9,9 @@ Hostvars read (the roles' public variables; defaults in defaults.py):
                       grafana_mode, grafana_url, grafana_install_package, grafana_http_addr,
                       grafana_http_port, grafana_ini.server.protocol, grafana_admin_user,
                       grafana_dashboards, grafana_gateway_group, grafana_validate_certs
-  gpu_workers hosts:  vllm_version (when a host overrides the role's pinned release)
+  gpu_workers hosts:  vllm_version (when a host overrides the role's pinned release),
+                      vllm_engine_args and each instance's args (max-num-seqs and what
+                      vLLM's default depends on), vllm_device (default auto)
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from postcheck import defaults
+from postcheck.capacity import instance_capacity
 from postcheck.fleet import (
     Fleet,
     UsageError,
@@ -158,7 +161,7 @@ def _listen_target(
     return host, port
 
 
-def _instances(name: str, hostvars: Mapping[str, Any]) -> list[tuple[str, int, str]]:
+def _instances(name: str, hostvars: Mapping[str, Any]) -> list[tuple[str, int, str, Any]]:
     raw = _plain(hostvars.get("vllm_instances"), f"vllm_instances of {name}")
     if raw is None:
         raise UsageError(
@@ -166,7 +169,7 @@ def _instances(name: str, hostvars: Mapping[str, Any]) -> list[tuple[str, int, s
         )
     if not isinstance(raw, Sequence) or isinstance(raw, str) or not raw:
         raise UsageError(f"vllm_instances of {name} must be a non-empty list of mappings")
-    out: list[tuple[str, int, str]] = []
+    out: list[tuple[str, int, str, Any]] = []
     for i, item in enumerate(raw):
         where = f"vllm_instances[{i}] of {name}"
         if not isinstance(item, Mapping):
@@ -186,8 +189,17 @@ def _instances(name: str, hostvars: Mapping[str, Any]) -> list[tuple[str, int, s
             model = model[0] if model else None  # vLLM's model_name label is the first name
         if not model:
             raise UsageError(f"{where} has neither served_model_name nor model")
-        out.append((inst, port_n, str(model)))
+        out.append((inst, port_n, str(model), _plain(item.get("args") or {}, f"{where}.args")))
     return out
+
+
+def _capacity(host: str, inst: str, hostvars: Mapping[str, Any], args: Any) -> tuple[int, str]:
+    """Like the vllm role's unit: vllm_engine_args | combine(the instance's args)."""
+    base = _plain(hostvars.get("vllm_engine_args") or {}, f"vllm_engine_args of {host}")
+    if not isinstance(base, Mapping) or not isinstance(args, Mapping):
+        raise UsageError(f"vllm_engine_args and the args of {host}/{inst} must be mappings")
+    device = str(_plain(hostvars.get("vllm_device", "auto"), f"vllm_device of {host}"))
+    return instance_capacity({**base, **args}, device, f"{host}/{inst}")
 
 
 def _api_key(name: str, hostvars: Mapping[str, Any], vault_password_file: str | None) -> str | None:
@@ -239,7 +251,8 @@ def fleet_from_inventory(
         address = format_host(host_address(host, vars_))
         key = api_key_override or _api_key(host, vars_, vault_password_file)
         version = _plain(vars_.get("vllm_version"), f"vllm_version of {host}")
-        for inst, port, model in _instances(host, vars_):
+        for inst, port, model, args in _instances(host, vars_):
+            capacity, capacity_source = _capacity(host, inst, vars_, args)
             workers.append(
                 Worker(
                     label=f"{host}/{inst}",
@@ -247,6 +260,8 @@ def fleet_from_inventory(
                     model=model,
                     api_key=key,
                     vllm_version=None if version in (None, "") else str(version),
+                    capacity=capacity,
+                    capacity_source=capacity_source,
                 )
             )
 

@@ -8,7 +8,9 @@ polled together, one query per expression shape a round (prometheus.poll_probes)
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import math
 import resource
 import time
 from collections.abc import Callable
@@ -20,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from postcheck import defaults
+from postcheck.capacity import from_inventory, queue_margin
 from postcheck.dashboards import (
     Dashboard,
     PanelQuery,
@@ -31,12 +34,14 @@ from postcheck.dashboards import (
 )
 from postcheck.fleet import Fleet, Worker
 from postcheck.grafana import GrafanaAccess, describe, grafana_checks
-from postcheck.load import LoadOutcome, LoadPlan, run_load
+from postcheck.load import LoadOutcome, LoadPlan, LoadTarget, SocketBudget, load_instance
 from postcheck.prometheus import Probe, Prometheus, poll, poll_probes
+from postcheck.queuewatch import PrometheusQueueWatch
 from postcheck.report import CheckFailed, Reporter
 from postcheck.signal_checks import UpProbe, metrics_check, signal_probe
-from postcheck.signals import SignalSet
+from postcheck.signals import MetricExpectation, SignalSet
 from postcheck.vllm_metrics import VersionPlan
+from postcheck.worker_checks import MAX_TOKENS as SINGLE_COMPLETION_TOKENS
 from postcheck.worker_checks import FamiliesExpectation, WorkerState, check_worker
 
 MAX_THREADS = defaults.CHECK_THREADS
@@ -44,18 +49,22 @@ MAX_THREADS = defaults.CHECK_THREADS
 
 @dataclass(frozen=True)
 class Options:
-    requests: int
-    concurrency: int
+    requests: int  # completions per instance, at least
+    concurrency: int | None  # queue probes' requests in flight; None: capacity + margin
     invalid: int
     max_tokens: int
-    timeout_s: float
-    load_seconds: float | None  # None: two scrape intervals
+    timeout_s: float  # one request of the checks before and after the load
+    load_seconds: float | None  # minimum load duration; None: no minimum
     vllm_job: str
     node_job: str
     dashboards_dir: Path
     signals: SignalSet
     versions: VersionPlan | None = None  # None: no metrics.families check
     grafana: GrafanaAccess = field(default_factory=lambda: GrafanaAccess(url=None))
+    queue_probe: str = defaults.QUEUE_PROBE  # all | per-model | N | model:NAME,...
+    load_deadline_s: float | None = None  # None: from the scrape interval
+    traffic_window_s: float = defaults.TRAFFIC_WINDOW_S
+    load_timeout_s: float | None = None  # one load request; None: from measurement
 
 
 def _parallel(jobs: list[Callable[[], Any]], max_threads: int = MAX_THREADS) -> list[Any]:
@@ -72,8 +81,9 @@ class Run:
         self.fleet = fleet
         self.opt = options
         self.rep = reporter
+        self.check_timeout_s = options.timeout_s
         self.prom = (
-            Prometheus(fleet.prometheus_url, options.timeout_s, fleet.prometheus_auth)
+            Prometheus(fleet.prometheus_url, self.check_timeout_s, fleet.prometheus_auth)
             if fleet.prometheus_url
             else None
         )
@@ -81,12 +91,12 @@ class Run:
         interval = fleet.scrape_interval_s
         self.poll_s = min(1.0, max(0.1, interval / 4))
         self.slack_s = min(defaults.PROMETHEUS_SLACK_S, interval)
-        self.load_seconds = (
-            options.load_seconds if options.load_seconds is not None else 2 * interval
-        )
+        self.load_seconds = options.load_seconds or 0.0
+        self.load_deadline_s = options.load_deadline_s or load_deadline(interval)
+        self.probes: dict[str, str] = {}  # model -> the instances that prove its queue
+        self.watch: PrometheusQueueWatch | None = None
         self.loads: dict[str, dict[str, object]] = {}
         self.versions: dict[str, str | None] = {}
-        self.parallel_loads = 0
 
     def prometheus_deadline(self) -> float:
         """Prometheus shows a new value within two scrape intervals (plus a little)."""
@@ -146,11 +156,11 @@ class Run:
                 self.opt.grafana,
                 self.opt.dashboards_dir,
                 self.rep,
-                self.opt.timeout_s,
+                self.check_timeout_s,
             )
         )
         jobs += [
-            partial(check_worker, w, self.rep, self.opt.timeout_s, self.families_for(w))
+            partial(check_worker, w, self.rep, self.check_timeout_s, self.families_for(w))
             for w in self.fleet.workers
         ]
         results = _parallel(jobs)
@@ -159,6 +169,40 @@ class Run:
         return states
 
     # phase 2 -------------------------------------------------------------------------
+    def plan_for(self, state: WorkerState, probe: bool, n_probes: int) -> LoadPlan:
+        """The load of one instance: a queue probe exceeds its capacity, the others only
+        move the counters (as many in flight as it runs at once, so nothing waits)."""
+        w, opt = state.worker, self.opt
+        ramp = 0
+        if not probe:
+            in_flight = min(defaults.COUNTER_IN_FLIGHT, w.capacity or defaults.COUNTER_IN_FLIGHT)
+        elif opt.concurrency:
+            in_flight = opt.concurrency
+        elif w.capacity:
+            in_flight = w.capacity + queue_margin(w.capacity)
+            if not from_inventory(w.capacity_source):
+                ramp = max(defaults.RAMP_MAX_IN_FLIGHT, in_flight)
+        else:
+            in_flight, ramp = defaults.RAMP_START_IN_FLIGHT, defaults.RAMP_MAX_IN_FLIGHT
+        one = state.completion_s or 1.0
+        timeout = opt.load_timeout_s or request_timeout(
+            one, opt.max_tokens, in_flight, w.capacity or in_flight, self.load_deadline_s
+        )
+        return LoadPlan(
+            completions=opt.requests,
+            invalid=opt.invalid,
+            in_flight=in_flight,
+            max_tokens=opt.max_tokens,
+            timeout_s=timeout,
+            probe=probe,
+            max_in_flight=ramp,
+            ramp_s=max(1.0, 2 * one, 4 * self.poll_s),
+            min_seconds=self.load_seconds,
+            # Polls of /metrics cost the controller CPU: fewer per instance on big fleets.
+            poll_interval_s=max(defaults.POLL_INTERVAL_S, 0.01 * n_probes),
+            traffic_window_s=opt.traffic_window_s,
+        )
+
     def phase_load(self, states: list[WorkerState]) -> dict[str, LoadOutcome]:
         signals = self.opt.signals.signals
         counters = [m for s in signals for m in s.metrics if m.kind == "counter_delta"]
@@ -166,47 +210,93 @@ class Run:
             {m.name for s in signals for m in s.metrics if m.kind == "gauge_seen_above_zero"}
         )
         keep = {m.name for s in signals for m in s.metrics if m.kind == "present"}
-        plan = LoadPlan(
-            requests=self.opt.requests,
-            concurrency=self.opt.concurrency,
-            invalid=self.opt.invalid,
-            max_tokens=self.opt.max_tokens,
-            min_seconds=self.load_seconds,
-            timeout_s=self.opt.timeout_s,
-            extend_s=min(
-                max(self.load_seconds, defaults.LOAD_EXTEND_MIN_S), defaults.LOAD_EXTEND_MAX_S
-            ),
-        )
+        loadable = []
+        for state in states:
+            if state.not_loadable or state.model is None:
+                reason = state.not_loadable or "no model name known (see models)"
+                self.rep.skip("load", state.worker.label, f"not loaded: {reason}")
+            else:
+                loadable.append(state)
+        chosen = select_probes(self.opt.queue_probe, loadable)
+        for state in loadable:
+            if state.worker.label in chosen:
+                self.probes.setdefault(str(state.model), "")
+                self.probes[str(state.model)] += ("," if self.probes[str(state.model)] else "")
+                self.probes[str(state.model)] += state.worker.label
+        targets = [
+            LoadTarget(
+                s.worker, str(s.model), self.plan_for(s, s.worker.label in chosen, len(chosen))
+            )
+            for s in loadable
+        ]
+        prom_ok = self.prom is not None and self.prom_down is None
+        if prom_ok and chosen and gauges:
+            assert self.prom is not None
+            self.watch = PrometheusQueueWatch(self.prom, self.opt.vllm_job, gauges, self.poll_s)
+        return asyncio.run(self.loads_async(targets, counters, gauges, keep))
+
+    async def loads_async(
+        self,
+        targets: list[LoadTarget],
+        counters: list[MetricExpectation],
+        gauges: list[str],
+        keep: set[str],
+    ) -> dict[str, LoadOutcome]:
+        """Every instance at once, within the open-files budget (beyond it, loads wait)."""
         outcomes: dict[str, LoadOutcome] = {}
+        budget = SocketBudget(_open_files_budget())
+        deadline = time.monotonic() + self.load_deadline_s
+        stop = asyncio.Event()
+        watcher = asyncio.ensure_future(self.watch.run(stop)) if self.watch else None
 
-        def load(state: WorkerState) -> None:
-            w, model = state.worker, state.model
-            if state.not_loadable or model is None:
-                self.rep.skip("load", w.label, f"not loaded: {state.not_loadable}")
+        async def one(t: LoadTarget) -> None:
+            start = time.monotonic()
+            label = t.worker.label
+            info: dict[str, object] = {
+                "queue_probe": t.plan.probe,
+                "capacity": t.worker.capacity,
+                "capacity_source": t.worker.capacity_source,
+                "timeout_s": round(t.plan.timeout_s, 3),
+            }
+            try:
+                outcome = await load_instance(
+                    t, counters, gauges, keep, deadline, self.watch, budget
+                )
+            except CheckFailed as exc:
+                self.loads[label] = info
+                self.rep.record("load", label, "fail", str(exc), time.monotonic() - start)
                 return
+            except Exception as exc:  # a bug or an odd answer: this check fails, not the run
+                detail = f"unexpected {type(exc).__name__}: {exc}"
+                self.rep.record("load", label, "fail", detail, time.monotonic() - start)
+                return
+            outcomes[label] = outcome
+            r = outcome.result
+            self.loads[label] = {**info, **r.as_json()}
+            role = f"queue probe, capacity {t.worker.capacity_source}" if t.plan.probe else (
+                f"counters only (queue proven on {self.probes_text()})"
+            )
+            detail = f"{role}; timeout {t.plan.timeout_s:.1f}s/request; {r.summary()}"
+            if t.plan.probe and r.proven_after_s is None and not r.errors:
+                detail += f"; queue NOT proven within the {self.load_deadline_s:g}s deadline"
+            if r.errors:
+                listed = "; ".join(f"{n}x {text}" for text, n in r.errors.most_common(3))
+                self.rep.record(
+                    "load", label, "fail", f"{detail}; failures: {listed}", r.seconds
+                )
+            else:
+                self.rep.record("load", label, "pass", detail, r.seconds)
 
-            def check() -> str:
-                outcome = run_load(w, model, plan, counters, gauges, keep)
-                outcomes[w.label] = outcome
-                self.loads[w.label] = outcome.result.as_json()
-                summary = outcome.result.summary()
-                errors = outcome.result.errors
-                if errors:
-                    listed = "; ".join(f"{n}x {text}" for text, n in errors.most_common(3))
-                    raise CheckFailed(f"{summary}; failures: {listed}")
-                return summary
-
-            self.rep.run("load", w.label, check)
-
-        # Every instance at once (within the thread and open-files budgets): loads run
-        # --load-seconds each, so rounds of them would multiply the phase's duration.
-        per_load = self.opt.concurrency + 1  # senders + the thread that polls /metrics
-        budget = min(
-            defaults.LOAD_THREAD_BUDGET // per_load, _open_files_budget() // (per_load + 2)
-        )
-        self.parallel_loads = max(1, min(len(states), budget))
-        _parallel([partial(load, s) for s in states], self.parallel_loads)
+        try:
+            await asyncio.gather(*(one(t) for t in targets))
+        finally:
+            stop.set()
+            if watcher is not None:
+                await watcher
         return outcomes
+
+    def probes_text(self) -> str:
+        return "; ".join(f"{m}: {labels}" for m, labels in sorted(self.probes.items())) or "none"
 
     # phase 3 -------------------------------------------------------------------------
     def phase_signals(self, states: list[WorkerState], outcomes: dict[str, LoadOutcome]) -> None:
@@ -221,16 +311,24 @@ class Run:
                     "signals", w.label, "instance was not loaded (see load): signals not checked"
                 )
                 continue
+            elsewhere = f"--queue-probe {self.opt.queue_probe}: proven on {self.probes_text()}"
             for sig in self.opt.signals.signals:
                 for exp in sig.metrics:
                     if exp.kind != "up":  # /metrics: already read, nothing to wait for
                         name = f"metrics.{sig.id}:{exp.selector}"
-                        self.rep.run(name, w.label, metrics_check(exp, outcome))
+                        self.rep.run(name, w.label, metrics_check(exp, outcome, elsewhere))
                     if prom_ok:
                         name = f"prometheus.{sig.id}:{exp.selector}"
                         probes.append(
                             signal_probe(
-                                name, exp, w, self.opt.vllm_job, outcome, deadline, self.poll_s
+                                name,
+                                exp,
+                                w,
+                                self.opt.vllm_job,
+                                outcome,
+                                deadline,
+                                self.poll_s,
+                                elsewhere,
                             )
                         )
             if not prom_ok:
@@ -346,6 +444,45 @@ class Run:
         return f"{detail}: {expr}"
 
 
+def load_deadline(scrape_interval_s: float) -> float:
+    """The whole load's default deadline: time for Prometheus to scrape the queue a few
+    times over, even just after a restart."""
+    return defaults.LOAD_DEADLINE_MIN_S + defaults.LOAD_DEADLINE_SCRAPES * scrape_interval_s
+
+
+def request_timeout(
+    one_s: float, max_tokens: int, in_flight: int, capacity: int, cap_s: float
+) -> float:
+    """One load request's timeout from the measured single completion: scaled to the load's
+    tokens, times the rounds a request at the back of the queue waits plus its own, times
+    how much slower a full batch decodes; at least the floor, at most the load deadline."""
+    service = one_s * max(1.0, max_tokens / SINGLE_COMPLETION_TOKENS)
+    rounds = math.ceil(in_flight / max(1, capacity)) + 1
+    timeout = service * rounds * defaults.FULL_BATCH_SLOWDOWN
+    return min(cap_s, max(defaults.REQUEST_TIMEOUT_FLOOR_S, timeout))
+
+
+def select_probes(spec: str, states: list[WorkerState]) -> set[str]:
+    """The instances whose queue the load fills (labels); the others move counters only."""
+    by_model: dict[str, list[str]] = {}
+    for st in states:
+        by_model.setdefault(str(st.model), []).append(st.worker.label)
+    if spec == "all":
+        return {label for labels in by_model.values() for label in labels}
+    if spec == "per-model":
+        return {labels[0] for labels in by_model.values()}
+    if spec.startswith("model:"):
+        names = [n.strip() for n in spec[len("model:") :].split(",") if n.strip()]
+        return {by_model[n][0] for n in names if n in by_model}
+    count = int(spec)  # N: one per model in turn (canaries first), until N
+    chosen: list[str] = []
+    depth = 0
+    while len(chosen) < count and any(len(v) > depth for v in by_model.values()):
+        chosen += [v[depth] for v in by_model.values() if len(v) > depth][: count - len(chosen)]
+        depth += 1
+    return set(chosen)
+
+
 def _open_files_budget() -> int:
     """Sockets the loads may hold: the open-files limit, less a reserve for everything else."""
     soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -387,11 +524,21 @@ def run(fleet: Fleet, options: Options, reporter: Reporter) -> dict[str, Any]:
         },
         "grafana": describe(options.grafana),
         "load": {
-            "requests_per_wave": options.requests,
-            "invalid_per_wave": options.invalid,
+            "completions_per_instance": options.requests,
+            "invalid_per_instance": options.invalid,
             "concurrency": options.concurrency,
+            "max_tokens": options.max_tokens,
             "min_seconds": r.load_seconds,
-            "instances_loaded_at_once": r.parallel_loads,
+            "deadline_s": r.load_deadline_s,
+            "queue_probe": options.queue_probe,
+            "queue_probes": r.probes,
+            "traffic_window_s": options.traffic_window_s,
+            "prometheus_queue_watch": (
+                {"queries": r.watch.queries, "errors": dict(r.watch.errors)} if r.watch else None
+            ),
+            "other_traffic": sorted(
+                label for label, info in r.loads.items() if info.get("other_traffic")
+            ),
             "instances": r.loads,
         },
     }

@@ -31,8 +31,33 @@ def expected_delta(exp: MetricExpectation, result: LoadResult) -> tuple[float, s
     return float(exp.delta or 0), "no change expected"
 
 
-def metrics_check(exp: MetricExpectation, outcome: LoadOutcome) -> Callable[[], str]:
-    """The /metrics side of one expectation, as a check function."""
+def lower_bound_detail(exp: MetricExpectation, got: float, result: LoadResult) -> str:
+    """A counter's verdict beside other traffic: at least what was sent; errors attributed."""
+    want, meaning = expected_delta(exp, result)
+    if exp.delta in DELTA_MEANING:
+        if got < want - 1e-9:
+            raise CheckFailed(
+                f"+{value_text(got)}, expected at least +{value_text(want)} ({meaning}) even "
+                f"beside other traffic ({result.other_traffic})"
+            )
+        return (
+            f"+{value_text(got)} >= +{value_text(want)} {meaning} (a lower bound: other "
+            f"traffic, {result.other_traffic})"
+        )
+    ours = "none" if not result.answered_5xx else f"{result.answered_5xx} answered 5xx"
+    if got <= 0:
+        return f"+{value_text(got)} (as expected; other traffic: {result.other_traffic})"
+    return (
+        f"+{value_text(got)}: of the post-check's requests {ours} (see load); the rest come "
+        f"from other traffic, origin unknown ({result.other_traffic})"
+    )
+
+
+def metrics_check(
+    exp: MetricExpectation, outcome: LoadOutcome, elsewhere: str = ""
+) -> Callable[[], str]:
+    """The /metrics side of one expectation, as a check function. `elsewhere`: where the
+    queue is proven when this instance is not a queue probe."""
 
     def check() -> str:
         sel = exp.selector
@@ -44,16 +69,27 @@ def metrics_check(exp: MetricExpectation, outcome: LoadOutcome) -> Callable[[], 
             want, meaning = expected_delta(exp, outcome.result)
             got = (after or 0.0) - before
             text = f"{sel}: {value_text(before)} -> {value_text(after or 0.0)}, +{value_text(got)}"
+            if outcome.result.other_traffic:
+                try:
+                    return f"{sel}: {lower_bound_detail(exp, got, outcome.result)}"
+                except CheckFailed as exc:
+                    raise CheckFailed(f"{sel}: {exc}") from None
             if not math.isclose(got, want, abs_tol=1e-9):
                 raise CheckFailed(f"{text}, expected +{value_text(want)} ({meaning})")
             return f"{text} = {meaning}" if exp.delta in DELTA_MEANING else f"{text} (as expected)"
+        if exp.kind == "gauge_seen_above_zero" and not outcome.probe:
+            n = len(outcome.after.matching(exp.name, exp.labels))
+            return f"{sel}: {n} series (not a queue probe; {elsewhere})"
         if exp.kind == "gauge_seen_above_zero":
             peak = outcome.result.peaks.get(exp.name, 0.0)
             polls = outcome.result.polls
             if not peak > 0:
                 hint = ""
                 if exp.name.endswith("waiting"):
-                    hint = " (requests queue only if --concurrency exceeds the --max-num-seqs)"
+                    hint = (
+                        f" ({outcome.result.in_flight} in flight: requests queue only above "
+                        "the instance's --max-num-seqs)"
+                    )
                 raise CheckFailed(f"{sel}: never above 0 in {polls} polls during the load{hint}")
             return f"{sel}: peak {value_text(peak)} during the load ({polls} polls)"
         if exp.kind == "present":
@@ -152,9 +188,11 @@ class CounterProbe(_SignalProbe):
         job: str,
         deadline: float,
         want: float | None,
+        lower_bound: bool = False,
     ) -> None:
         super().__init__(name, worker, exp, job, deadline)
         self.want = want
+        self.lower_bound = lower_bound  # other traffic: it may only have grown since
 
     def query(self) -> str:
         return f"sum by (instance) ({self.batch_sel})"
@@ -167,6 +205,8 @@ class CounterProbe(_SignalProbe):
                 return True, f"{expr} has no data (absent in /metrics too)"
             return False, f"{expr} has no data"
         detail = f"{expr} = {value_text(value)}"
+        if self.lower_bound and self.want is not None and value >= self.want - 1e-9:
+            return True, f"{detail} >= /metrics after the load (other traffic: a lower bound)"
         if self.want is not None and math.isclose(value, self.want, abs_tol=1e-9):
             return True, f"{detail} = /metrics after the load"
         return False, detail
@@ -213,13 +253,15 @@ class GaugeProbe(_SignalProbe):
 class PresentProbe(_SignalProbe):
     """count(series) > 0."""
 
+    note = ""
+
     def query(self) -> str:
         return f"count by (instance) ({self.batch_sel})"
 
     def attempt(self, result: list[Series]) -> tuple[bool, str]:
         value = self.value(result)
         n = int(value) if value is not None else 0
-        return n > 0, f"count({self.sel}) = {n}"
+        return n > 0, f"count({self.sel}) = {n}{self.note}"
 
     def failure(self, detail: str, result: list[Series] | None) -> str:
         if result is None:
@@ -235,13 +277,19 @@ def signal_probe(
     outcome: LoadOutcome,
     deadline: float,
     poll_s: float,
+    elsewhere: str = "",
 ) -> Probe:
     """The Prometheus side of one expectation for one instance."""
     if exp.kind == "up":
         return UpProbe(name, worker.label, job, worker.instance, deadline)
     if exp.kind == "counter_delta":
         want = outcome.after.sum(exp.name, exp.labels)
-        return CounterProbe(name, worker, exp, job, deadline, want)
+        busy = outcome.result.other_traffic is not None
+        return CounterProbe(name, worker, exp, job, deadline, want, busy)
+    if exp.kind == "gauge_seen_above_zero" and not outcome.probe:
+        present = PresentProbe(name, worker, exp, job, deadline)
+        present.note = f" (not a queue probe; {elsewhere})"
+        return present
     if exp.kind == "gauge_seen_above_zero":
         return GaugeProbe(name, worker, exp, job, deadline, outcome.result.started_at, poll_s)
     if exp.kind == "present":

@@ -3,6 +3,7 @@ and its /version against the pinned release with the metric families the project
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -28,6 +29,7 @@ class WorkerState:
     model: str | None = None  # the served model name, confirmed by /v1/models
     unreachable: str | None = None  # why nothing else can be asked
     completion_ok: bool = False
+    completion_s: float | None = None  # how long the single completion took (load timeouts)
     metrics_ok: bool = False
     not_loadable: str | None = None  # why the load is skipped (a failed check says more)
     version: str | None = None  # what /version says
@@ -215,7 +217,9 @@ def check_worker(
             unreachable_guard()
             if state.model is None:
                 raise CheckSkipped("no model name known (see models)")
+            start = time.monotonic()
             resp = completion(s, worker, state.model, timeout)
+            seconds = time.monotonic() - start
             if resp.status_code != 200:
                 raise CheckFailed(f"POST /v1/completions: {status_detail(resp)}")
             try:
@@ -229,8 +233,10 @@ def check_worker(
             if not isinstance(text, str):
                 raise CheckFailed("completion answer's choices[0].text is not a string")
             state.completion_ok = True
+            state.completion_s = seconds
             return (
-                f"{state.model!r} answered {text!r} ({usage.get('completion_tokens', '?')} tokens)"
+                f"{state.model!r} answered {text!r} ({usage.get('completion_tokens', '?')} tokens) "
+                f"in {seconds:.2f}s"
             )
 
         def metrics() -> str:

@@ -21,7 +21,14 @@ import sys
 import threading
 from collections.abc import Sequence
 
-from postcheck.testing.fakes import Completion, Reply, VLLMState
+from postcheck.testing.fakes import (
+    PRODUCTION_PER_TOKEN_S,
+    PRODUCTION_SLOTS,
+    PRODUCTION_TTFT_S,
+    Completion,
+    Reply,
+    VLLMState,
+)
 
 MAX_HEADER = 65536
 REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found"}
@@ -38,7 +45,9 @@ class Worker:
             self.state.enqueue(job)
             await self.slots.wait_for(self.state.has_slot)
             self.state.begin(job)
-        await asyncio.sleep(self.delay)
+        if job.hang:
+            await asyncio.Event().wait()  # a hung engine: never answers
+        await asyncio.sleep(self.state.duration(job, self.delay))
         async with self.slots:
             reply = self.state.finish(job)
             self.slots.notify()
@@ -97,11 +106,19 @@ async def serve(
     version: str | None,
     api_key: str | None,
     watch_stdin: bool = False,
+    per_token_s: float = 0.0,
 ) -> None:
     servers = []
     ports = []
     for _ in range(count):
-        state = VLLMState(model, capacity, api_key=api_key, version=version, record_bodies=False)
+        state = VLLMState(
+            model,
+            capacity,
+            api_key=api_key,
+            version=version,
+            record_bodies=False,
+            per_token_s=per_token_s,
+        )
         worker = Worker(state, delay)
         server = await asyncio.start_server(
             worker.serve, host, 0, backlog=1024, limit=MAX_HEADER, reuse_address=True
@@ -134,13 +151,33 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--model", default="tiny")
     p.add_argument("--capacity", type=int, default=2, help="plays --max-num-seqs")
-    p.add_argument("--delay", type=float, default=0.1, help="seconds one completion runs")
+    p.add_argument(
+        "--delay", type=float, default=0.1, help="seconds a completion runs before its tokens"
+    )
+    p.add_argument(
+        "--per-token",
+        type=float,
+        default=0.0,
+        help="seconds per generated token (max_tokens of the request); "
+        f"{PRODUCTION_PER_TOKEN_S} with --delay {PRODUCTION_TTFT_S} --capacity "
+        f"{PRODUCTION_SLOTS}: a production GPU instance",
+    )
     p.add_argument("--version", help="what /version says (default: the pinned release)")
     p.add_argument("--api-key")
     p.add_argument("--watch-stdin", action="store_true", help="stop when stdin (a pipe) closes")
     a = p.parse_args(argv)
     asyncio.run(
-        serve(a.count, a.host, a.model, a.capacity, a.delay, a.version, a.api_key, a.watch_stdin)
+        serve(
+            a.count,
+            a.host,
+            a.model,
+            a.capacity,
+            a.delay,
+            a.version,
+            a.api_key,
+            a.watch_stdin,
+            a.per_token,
+        )
     )
     return 0
 

@@ -180,6 +180,17 @@ class Completion:
     payload: Mapping[str, Any]
     arrived: float = 0.0
     started: float = 0.0
+    hang: bool = False  # the worker stopped answering: never finish it
+
+    def tokens(self) -> int:
+        return int(self.payload.get("max_tokens") or 1)
+
+
+# A 256-slot GPU instance as the production fakes play it (H100/H200, an 8B model, full
+# batch): about 30 tokens/s per sequence (33 ms between tokens) after a 50 ms prefill.
+PRODUCTION_SLOTS = 256
+PRODUCTION_TTFT_S = 0.05
+PRODUCTION_PER_TOKEN_S = 0.033
 
 
 class VLLMState:
@@ -195,9 +206,16 @@ class VLLMState:
         version: str | None = None,
         drop: Iterable[str] = (),
         record_bodies: bool = True,
+        per_token_s: float = 0.0,
+        hang_after: int | None = None,
     ) -> None:
         self.model = model
         self.capacity = capacity
+        # A completion runs the transport's delay (prefill) + max_tokens x per_token_s.
+        self.per_token_s = per_token_s
+        # After this many completions the worker stops answering completions (hung engine).
+        self.hang_after = hang_after
+        self.completions_routed = 0
         self.api_key = api_key
         self.metrics_mode = metrics  # "vllm" | "node" (someone else's /metrics)
         self.version = version or reference_version()  # what /version says
@@ -221,6 +239,18 @@ class VLLMState:
         for i, le in enumerate(LATENCY_BUCKETS):
             if value <= le:
                 h[2 + i] += 1
+
+    def serve_other(self, error: bool = False) -> None:
+        """Someone else's request, finished (live traffic beside the post-check): counted by
+        every counter a real one moves, an error one as vLLM counts a failed request."""
+        with self.cond:
+            self.success["error" if error else "stop"] += 1
+            self._observe("vllm:e2e_request_latency_seconds", 0.4)
+            self._observe("vllm:request_queue_time_seconds", 0.0)
+            self.count_http("/v1/chat/completions", "POST", 500 if error else 200)
+
+    def duration(self, job: Completion, delay: float) -> float:
+        return delay + job.tokens() * self.per_token_s
 
     def count_http(self, handler: str, method: str, code: int) -> None:
         if handler in UNCOUNTED_PATHS:
@@ -368,7 +398,10 @@ class VLLMState:
                     "code": 404,
                 }
                 return Reply(404, json.dumps({"error": err}))
-            return Completion(payload)
+            with self.cond:
+                self.completions_routed += 1
+                hang = self.hang_after is not None and self.completions_routed > self.hang_after
+            return Completion(payload, hang=hang)
         self.count_http(path, method, 404)
         return Reply(404, json.dumps({"detail": "Not Found"}))
 
@@ -462,12 +495,39 @@ class FakeVLLM(_Base, VLLMState):
         metrics: str = "vllm",
         version: str | None = None,
         drop: Iterable[str] = (),
+        per_token_s: float = 0.0,
+        hang_after: int | None = None,
     ) -> None:
         _Base.__init__(self)
         VLLMState.__init__(
-            self, model, capacity, api_key=api_key, metrics=metrics, version=version, drop=drop
+            self,
+            model,
+            capacity,
+            api_key=api_key,
+            metrics=metrics,
+            version=version,
+            drop=drop,
+            per_token_s=per_token_s,
+            hang_after=hang_after,
         )
         self.delay = delay
+        self._stopping = threading.Event()  # wakes hung requests and background traffic
+
+    def background(self, every_s: float, error_every: int = 0) -> None:
+        """Other clients' traffic until stop(): a finished request every `every_s` seconds,
+        every `error_every`-th of them failed (0: none)."""
+
+        def run() -> None:
+            n = 0
+            while not self._stopping.wait(every_s):
+                n += 1
+                self.serve_other(error=bool(error_every) and n % error_every == 0)
+
+        threading.Thread(target=run, daemon=True).start()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        super().stop()
 
     def handle(self, req: BaseHTTPRequestHandler, method: str, body: bytes | None) -> None:
         path = urlsplit(req.path).path
@@ -478,7 +538,10 @@ class FakeVLLM(_Base, VLLMState):
                 while not self.has_slot():
                     self.cond.wait()
                 self.begin(result)
-            time.sleep(self.delay)
+            if result.hang:
+                self._stopping.wait()  # never answers while the server runs
+                return
+            time.sleep(self.duration(result, self.delay))
             with self.cond:
                 result_reply = self.finish(result)
                 self.cond.notify()

@@ -75,7 +75,8 @@ def test_full_pass_against_fake_vllm_from_inventory(
     prom = fake_prometheus(vllms, ("127.0.0.1:9100", "127.0.0.1:9101", "127.0.0.1:9200"))
     grafana = fake_grafana(password="graf-pw-0123")
     monkeypatch.setenv("GRAFANA_PASSWORD", "graf-pw-0123")  # user: grafana_admin_user's default
-    inv = lab_inventory(tmp_path, vllms, prom, grafana)
+    # the fakes run 2 at once, as the inventory says (vLLM's --max-num-seqs)
+    inv = lab_inventory(tmp_path, vllms, prom, grafana, vllm_engine_args={"max-num-seqs": 2})
 
     r = run_postcheck("-i", str(inv), *fast_without_interval())
 
@@ -113,10 +114,21 @@ def test_full_pass_against_fake_vllm_from_inventory(
     for v in vllms:
         load = summary["load"]["instances"][f"w{vllms.index(v)}/main"]
         assert load["completions_ok"] == load["completions_sent"] >= 6
-        assert load["completions_sent"] % 6 == 0 and load["invalid_sent"] == 2 * load["waves"]
+        assert load["invalid_sent"] == load["invalid_4xx"] == 2
         assert v.success["length"] == load["completions_ok"] + 1  # + the single completion check
         assert v.http[("/v1/completions", "POST", "4xx")] == load["invalid_4xx"]
-        assert load["peaks"]["vllm:num_requests_waiting"] > 0
+        assert load["other_traffic"] is None
+    # one canary per model (both serve tiny) fills its queue; the other moves counters only
+    assert summary["load"]["queue_probes"] == {"tiny": "w0/main"}
+    canary, other = (summary["load"]["instances"][f"w{i}/main"] for i in (0, 1))
+    assert canary["queue_probe"] and canary["peaks"]["vllm:num_requests_waiting"] > 0
+    assert canary["proof"] == "Prometheus" and canary["proven_after_s"] is not None
+    assert canary["in_flight"] == 4  # --concurrency
+    assert not other["queue_probe"] and other["in_flight"] == 2  # its capacity: nothing waits
+    [gauge] = [c for c in r.checks("prometheus.queue_depth:vllm:num_requests_waiting")
+               if c["target"] == "w1/main"]
+    assert gauge["status"] == "pass" and "not a queue probe" in gauge["detail"]
+    assert "proven on tiny: w0/main" in gauge["detail"]
     names = {c["name"] for c in r.report["checks"]}
     for signal in ("queue_depth", "queue_wait_time", "request_latency", "in_flight", "errors"):
         assert any(n.startswith(f"metrics.{signal}:") for n in names), signal
