@@ -25,6 +25,8 @@ import os
 import platform
 import resource
 import shlex
+import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -188,6 +190,86 @@ def bench_one(size: int, a: argparse.Namespace, workdir: Path) -> Row:
     )
 
 
+# The HTML report (postcheck --html) drawn again from a finished run's JSON, alone in a child:
+# its own wall time and peak RSS, and the page's size.
+HTML_CHILD = """
+import json, sys, time
+from postcheck import defaults
+from postcheck.cli import build_parser, fleet_from_args
+from postcheck.html_report import html_report
+from postcheck.signals import load_signals
+report, page, *argv = sys.argv[1:]
+args = build_parser().parse_args(argv)
+args.signals = load_signals(args.signals)
+args.dashboards_dir, args.timeout_s = args.dashboards, args.timeout or defaults.TIMEOUT_S
+with open(report) as fh:
+    text = html_report(json.load(fh), fleet_from_args(args), args, time.time())
+with open(page, "w") as fh:
+    fh.write(text)
+"""
+
+
+def bench_html_report(size: int, a: argparse.Namespace, workdir: Path) -> dict[str, Any]:
+    """The page for `size` workers from a REAL Prometheus (Debian's) that scraped them during
+    a post-check run: every panel's query_range over that window, as on a fleet."""
+    prometheus = shutil.which("prometheus")
+    if prometheus is None:
+        return {"workers": size, "skipped": "no prometheus binary (make setup installs it)"}
+    fleet = Fleet(size, a.per_process, a.capacity, a.delay)
+    targets = ", ".join(f"'127.0.0.1:{p}'" for p in fleet.ports)
+    (workdir / "prometheus.yml").write_text(
+        "global: {scrape_interval: 2s, scrape_timeout: 2s}\nscrape_configs:\n"
+        f"  - job_name: vllm\n    static_configs:\n      - targets: [{targets}]\n"
+        "        labels: {vllm_instance: main, model: tiny}\n"
+    )
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    prom = subprocess.Popen(
+        [
+            prometheus,
+            f"--config.file={workdir / 'prometheus.yml'}",
+            f"--storage.tsdb.path={workdir / 'prometheus-data'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        time.sleep(3)  # ready and a few scrapes of the idle fleet: the baseline
+        argv = [f"--worker=http://127.0.0.1:{p},tiny" for p in fleet.ports]
+        argv += [
+            *("--prometheus", url, "--scrape-interval", "2s", "--timeout", str(a.timeout)),
+            *("--requests", str(a.requests), "--concurrency", str(a.concurrency)),
+            *("--invalid", str(a.invalid), "--load-seconds", str(a.load_seconds)),
+        ]
+        report = workdir / f"html-run-{size}.json"
+        with open(workdir / f"html-run-{size}.log", "wb") as log:
+            run_measured(
+                [*postcheck_command(None), *argv, "--json", str(report)], log, dict(os.environ)
+            )
+        page = workdir / f"report-{size}.html"
+        with open(workdir / f"html-{size}.log", "wb") as log:
+            code, seconds, peak, cpu = run_measured(
+                [sys.executable, "-c", HTML_CHILD, str(report), str(page), *argv],
+                log,
+                dict(os.environ),
+            )
+    finally:
+        prom.terminate()
+        prom.wait(timeout=30)
+        fleet.stop()
+    return {
+        "workers": size,
+        "exit_code": code,
+        "seconds": round(seconds, 2),
+        "peak_mib": round(peak, 1),
+        "cpu_seconds": round(cpu, 2),
+        "page_bytes": page.stat().st_size if page.exists() else 0,
+    }
+
+
 def raise_fd_limit() -> None:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if hard == resource.RLIM_INFINITY or soft < hard:
@@ -227,6 +309,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="run this instead of this checkout's postcheck (e.g. another version, to compare)",
     )
     p.add_argument("--keep", metavar="DIR", help="keep each run's post-check output and report")
+    p.add_argument(
+        "--html-workers",
+        type=int,
+        default=200,
+        metavar="N",
+        help="workers of the HTML report's run against a real Prometheus (0: none)",
+    )
     p.add_argument("--output", default="bench-report.json", help="JSON report (%(default)s)")
     a = p.parse_args(argv)
     sizes = [int(s) for s in a.sizes.split(",") if s.strip()]
@@ -262,6 +351,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
             for failure in row.failures:
                 print(f"         FAIL {failure}", flush=True)
+        html = bench_html_report(a.html_workers, a, workdir) if a.html_workers else {}
+        if html:
+            print(f"HTML report, {a.html_workers} workers, real Prometheus: {html}", flush=True)
     report = {
         "machine": {
             "cpus": os.cpu_count(),
@@ -270,6 +362,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         },
         "settings": {k: v for k, v in vars(a).items() if k != "output"},
         "results": [asdict(r) for r in rows],
+        "html_report": html,
         "per_worker": [
             {
                 "workers": r.workers,

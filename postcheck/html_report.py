@@ -20,11 +20,10 @@ from datetime import datetime
 from functools import partial
 from html import escape
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import requests
 
-from postcheck import defaults
 from postcheck.dashboards import (
     Dashboard,
     load_dashboards,
@@ -38,14 +37,32 @@ from postcheck.fleet import Fleet
 from postcheck.httpclient import describe_error
 from postcheck.prometheus import Prometheus, selector
 from postcheck.report import CheckFailed, counts_by_kind
-from postcheck.runner import Options
-from postcheck.signals import MetricExpectation
+from postcheck.signals import MetricExpectation, SignalSet
 
 ASSETS = Path(__file__).parent / "assets"
 _LEGEND_LABEL = re.compile(r"\{\{\s*(\w+)\s*\}\}")
 MAX_POINTS = 240  # per series: enough for a readable line, small for 200 workers
 PANEL_ROW_PX = 30  # Grafana's grid unit height
 SIGNIFICANT = 5  # digits kept per value in the page's data
+# Range queries of histogram quantiles over hundreds of instances take Prometheus seconds each:
+# a few at a time, each given longer than the checks' instant queries.
+RANGE_THREADS = 4
+RANGE_TIMEOUT_S = 120.0
+
+
+class Sources(Protocol):
+    """What the page is drawn from besides the report: the post-check's Options has these."""
+
+    @property
+    def vllm_job(self) -> str: ...
+    @property
+    def node_job(self) -> str: ...
+    @property
+    def dashboards_dir(self) -> Path: ...
+    @property
+    def signals(self) -> SignalSet: ...
+    @property
+    def timeout_s(self) -> float: ...
 
 
 @dataclass(frozen=True)
@@ -253,7 +270,7 @@ def _drawn(panel: Mapping[str, Any]) -> bool:
 
 def dashboards_data(
     prom: Prometheus | None,
-    opt: Options,
+    opt: Sources,
     w: Window,
     scrape_interval_s: float,
     checks: list[Mapping[str, Any]],
@@ -298,7 +315,7 @@ def dashboards_data(
         )
     for file, error in broken:
         out.append({"file": file, "title": file, "sections": [], "error": error})
-    with ThreadPoolExecutor(max_workers=defaults.CHECK_THREADS) as pool:
+    with ThreadPoolExecutor(max_workers=RANGE_THREADS) as pool:
         drawn: list[dict[str, Any]] = list(pool.map(lambda job: job(), jobs))
     return out, drawn
 
@@ -315,7 +332,7 @@ def _signal_query(exp: MetricExpectation, job: str) -> tuple[str, str]:
     return f"sum by (instance) ({sel})", "before → after (+delta)"
 
 
-def signals_data(prom: Prometheus | None, opt: Options, w: Window, fleet: Fleet) -> dict[str, Any]:
+def signals_data(prom: Prometheus | None, opt: Sources, w: Window, fleet: Fleet) -> dict[str, Any]:
     """Per instance and expectation: the value before the load, after (or its peak)."""
     columns: list[dict[str, Any]] = []
     labels = {wk.instance: wk.label for wk in fleet.workers}
@@ -529,12 +546,12 @@ def render(
     )
 
 
-def html_report(report: Mapping[str, Any], fleet: Fleet, opt: Options, now: float) -> str:
+def html_report(report: Mapping[str, Any], fleet: Fleet, opt: Sources, now: float) -> str:
     """The page for a finished post-check (`report` is what --json writes)."""
     summary = report["summary"]
     w = window_of(summary, fleet.scrape_interval_s, now)
     prom = (
-        Prometheus(fleet.prometheus_url, opt.timeout_s, fleet.prometheus_auth)
+        Prometheus(fleet.prometheus_url, max(opt.timeout_s, RANGE_TIMEOUT_S), fleet.prometheus_auth)
         if fleet.prometheus_url
         else None
     )
