@@ -20,7 +20,7 @@ PLAYBOOK    := ANSIBLE_CONFIG=ansible.cfg $(BIN)/ansible-playbook
 
 .PHONY: help setup apt venv wheelhouse model image mirror lab-up lab-down deploy postcheck demo \
         lint unit test clean bench bench-postcheck bench-vllm bench-site bench-render \
-        capture-vllm-metrics
+        capture-vllm-metrics vendor-uplot
 
 help:
 	@echo "make demo      bring up the local lab, deploy the whole stack, run the post-check"
@@ -88,6 +88,14 @@ demo: deploy
 	@echo "Grafana:     not run here (no package); provisioning in lab-mon1:/etc/grafana/provisioning"
 	@echo "Post-check:  postcheck-report.json"
 	@echo "Report:      $(CURDIR)/postcheck-report.html   (one self-contained page: open it in a browser)"
+
+# The HTML report's chart library, vendored into postcheck/assets and committed (air-gapped
+# controllers build nothing): refresh after raising UPLOT_VERSION, review, commit.
+UPLOT_VERSION := 1.6.32
+vendor-uplot:
+	tmp=$$(mktemp -d) && cd $$tmp && npm pack -q uplot@$(UPLOT_VERSION) && tar xzf uplot-$(UPLOT_VERSION).tgz && \
+	  cp package/dist/uPlot.iife.min.js package/dist/uPlot.min.css $(CURDIR)/postcheck/assets/ && \
+	  cp package/LICENSE $(CURDIR)/postcheck/assets/uPlot.LICENSE && rm -rf $$tmp
 
 # The metric families of the pinned vLLM, captured from a real scrape on a lab host into
 # templates/vllm-metrics/<version>.txt: run it after raising vllm_version, review the diff,
