@@ -398,15 +398,12 @@ def _summary_html(report: Mapping[str, Any]) -> str:
         ("vLLM running", ", ".join(running) or "-"),
     ]
     load = s.get("load") or {}
-    if load:
-        facts.append(
-            (
-                "load",
-                f"{load.get('requests_per_wave')} completions + {load.get('invalid_per_wave')} "
-                f"invalid per wave, concurrency {load.get('concurrency')}, at least "
-                f"{load.get('min_seconds')} s",
-            )
+    if isinstance(load, Mapping):  # its settings, whatever the load reports (not per instance)
+        settings = {k: v for k, v in load.items() if not isinstance(v, Mapping | list)}
+        shown = "; ".join(
+            f"{k.replace('_', ' ')} {v}" for k, v in settings.items() if v is not None
         )
+        facts.append(("load", shown or "-"))
     dl = "".join(f"<dt>{_h(k)}</dt><dd>{_h(v)}</dd>" for k, v in facts)
     return (
         f"<section id=summary><h2>Summary <span class='verdict {verdict.lower()}'>{verdict}"
@@ -428,11 +425,14 @@ def _grafana_text(g: Any) -> str:
 
 def _checks_html(checks: list[Mapping[str, Any]]) -> str:
     counts = {st: sum(c["status"] == st for c in checks) for st in ("fail", "skip", "pass")}
-    buttons = f"<button data-filter=all class=on>all {len(checks)}</button>" + "".join(
-        f"<button data-filter={st} class={st}>{st} {n}</button>" for st, n in counts.items()
+    first = "fail" if counts["fail"] else "all"  # failures first: thousands of rows bury them
+    buttons = "".join(
+        f"<button data-filter={st} class='{st}{' on' if st == first else ''}'>{st} {n}</button>"
+        for st, n in {"all": len(checks), **counts}.items()
     )
     rows = "".join(
-        f"<tr class={c['status']}><td><span class='badge {c['status']}'>{c['status'].upper()}"
+        f"<tr class={c['status']}{' hidden' if first != 'all' and c['status'] != first else ''}>"
+        f"<td><span class='badge {c['status']}'>{c['status'].upper()}"
         f"</span></td><td>{_h(c['name'])}</td><td>{_h(c['target'])}</td>"
         f"<td class=detail>{_h(c['detail'])}</td></tr>"
         for c in checks

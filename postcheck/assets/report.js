@@ -151,7 +151,7 @@
   // Checks: filter by status and by text.
   const table = document.getElementById("check-table");
   const search = document.getElementById("check-search");
-  let status = "all";
+  let status = document.querySelector(".filters button.on").dataset.filter;
   function apply() {
     const text = search.value.toLowerCase();
     for (const row of table.tBodies[0].rows) {

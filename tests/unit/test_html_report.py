@@ -14,6 +14,7 @@ from fakes import FakeVLLM
 
 from postcheck.dashboards import load_dashboards
 from postcheck.html_report import (
+    _checks_html,
     _sections,
     _unit_override,
     _verdict,
@@ -143,3 +144,16 @@ def test_html_path_that_cannot_be_written_is_said(
     )
     assert r.code == 2
     assert f"cannot write {tmp_path / 'no' / 'r.html'}" in capsys.readouterr().err
+
+
+def test_checks_open_on_the_failures_when_there_are_any() -> None:
+    checks = [
+        {"name": "health", "target": "w1", "status": "pass", "detail": "200"},
+        {"name": "health", "target": "w2", "status": "fail", "detail": "refused <b>"},
+    ]
+    page = _checks_html(checks)
+    assert "<button data-filter=fail class='fail on'>fail 1</button>" in page
+    assert "<tr class=pass hidden>" in page and "<tr class=fail>" in page
+    assert "refused &lt;b&gt;" in page  # details escaped
+    calm = _checks_html(checks[:1])
+    assert "class='all on'" in calm and " hidden>" not in calm
