@@ -12,7 +12,8 @@ LAB_INV     := inventory/lab
 LABCTL      := lab/labctl
 # One place pins vLLM: the role's default.
 VLLM_VERSION := $(shell sed -n 's/^vllm_version: "\(.*\)"/\1/p' roles/vllm/defaults/main.yml)
-APT_PACKAGES := systemd-container debootstrap nftables iproute2 openssh-client prometheus prometheus-node-exporter
+APT_PACKAGES := systemd-container debootstrap nftables iproute2 openssh-client prometheus prometheus-node-exporter \
+                prometheus-alertmanager
 # Headless Chromium for the post-check HTML report's browser test (driven by selenium).
 APT_PACKAGES += chromium chromium-driver
 LAB_BINDS   := --bind-ro $(WHEELHOUSE):/opt/wheelhouse --bind-ro $(MODELS):/srv/models
@@ -57,7 +58,7 @@ model: $(MODELS)/tiny-llama/config.json
 $(MODELS)/tiny-llama/config.json: lab/make_tiny_model.py | venv
 	$(BIN)/python lab/make_tiny_model.py --output $(MODELS)/tiny-llama
 
-# Upstream-shaped release archives of node_exporter and Prometheus (made from Debian's
+# Upstream-shaped release archives of node_exporter, Prometheus and Alertmanager (from Debian's
 # binaries, with sha256sums.txt) laid out like GitHub's release downloads, which are
 # unreachable here: the roles' archive install method is tested against file://$(MIRROR)/...
 mirror: $(MIRROR)/.built

@@ -1,15 +1,16 @@
 #!/usr/bin/env python3
-"""Build a local mirror of upstream's node_exporter and Prometheus release archives.
+"""Build a local mirror of upstream's node_exporter, Prometheus and Alertmanager release archives.
 
 GitHub's release downloads are unreachable here, so the roles' "archive" install method is
 tested against archives shaped exactly like upstream's, made from the Debian binaries that are
-installed on this machine (prometheus-node-exporter, prometheus):
+installed on this machine (prometheus-node-exporter, prometheus, prometheus-alertmanager):
 
     <mirror>/prometheus/<name>/releases/download/v<version>/<name>-<version>.linux-<arch>.tar.gz
     <mirror>/prometheus/<name>/releases/download/v<version>/sha256sums.txt
 
 Each archive holds one folder, <name>-<version>.linux-<arch>/, with the binaries (node_exporter;
-prometheus and promtool, plus consoles/, console_libraries/ and prometheus.yml), LICENSE and
+prometheus and promtool, plus consoles/, console_libraries/ and prometheus.yml; alertmanager
+and amtool, plus alertmanager.yml), LICENSE and
 a NOTICE saying what it really is. sha256sums.txt has upstream's format ("<sha256>  <file>").
 A role points its base URL at file://<mirror>/prometheus/<name>/releases/download.
 
@@ -205,6 +206,23 @@ def releases(args: argparse.Namespace) -> list[Release]:
                 package="prometheus",
             )
         )
+    if "alertmanager" in args.only:
+        binary = Path(args.alertmanager_bin)
+        found.append(
+            Release(
+                name="alertmanager",
+                version=args.alertmanager_version or binary_version(binary),
+                arch=arch,
+                binaries={"alertmanager": binary, "amtool": Path(args.amtool_bin)},
+                files=_existing(
+                    {
+                        "LICENSE": Path(args.doc_root, "prometheus-alertmanager/copyright"),
+                        "alertmanager.yml": Path(args.alertmanager_example),
+                    }
+                ),
+                package="prometheus-alertmanager",
+            )
+        )
     return found
 
 
@@ -218,9 +236,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--only",
         nargs="+",
-        choices=["node_exporter", "prometheus"],
-        default=["node_exporter", "prometheus"],
-        help="which releases to build (default: both)",
+        choices=["node_exporter", "prometheus", "alertmanager"],
+        default=["node_exporter", "prometheus", "alertmanager"],
+        help="which releases to build (default: all)",
     )
     parser.add_argument(
         "--arch",
@@ -230,7 +248,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--node-exporter-bin", default="/usr/bin/prometheus-node-exporter")
     parser.add_argument("--prometheus-bin", default="/usr/bin/prometheus")
     parser.add_argument("--promtool-bin", default="/usr/bin/promtool")
+    parser.add_argument("--alertmanager-bin", default="/usr/bin/prometheus-alertmanager")
+    parser.add_argument("--amtool-bin", default="/usr/bin/amtool")
+    parser.add_argument("--alertmanager-example", default="/etc/prometheus/alertmanager.yml")
     parser.add_argument("--node-exporter-version", help="default: the binary's --version")
+    parser.add_argument("--alertmanager-version", help="default: the binary's --version")
     parser.add_argument("--prometheus-version", help="default: the binary's --version")
     parser.add_argument("--doc-root", default="/usr/share/doc", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
