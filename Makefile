@@ -118,6 +118,14 @@ unit: venv
 test: setup lint
 	$(BIN)/pytest -v -p no:cacheprovider tests/unit tests/lab
 
+# This machine's NVIDIA GPUs, driver, CUDA and NVSwitches against the pinned vLLM, read-only
+# and offline (any server with Ansible: ansible-playbook -c local playbooks/gpu_verify.yml).
+# Exit 0 with "no NVIDIA GPU" where there is none; non-zero, saying why, when unusable.
+.PHONY: gpu-verify
+gpu-verify:
+	@ANSIBLE_CONFIG=ansible.cfg ANSIBLE_LOCALHOST_WARNING=0 ANSIBLE_INVENTORY_UNPARSED_WARNING=0 \
+	  $(if $(wildcard $(BIN)/ansible-playbook),$(BIN)/ansible-playbook,ansible-playbook) playbooks/gpu_verify.yml
+
 # The post-check against simulated fleets of 20..200 workers (local processes on 127.0.0.1):
 # wall time and peak memory per size, printed and written to bench-report.json. No lab needed.
 bench-postcheck: venv
