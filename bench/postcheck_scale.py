@@ -60,7 +60,9 @@ class Row:
 class Fleet:
     """`size` fake vLLM workers in ceil(size / per_process) processes."""
 
-    def __init__(self, size: int, per_process: int, capacity: int, delay: float) -> None:
+    def __init__(
+        self, size: int, per_process: int, capacity: int, delay: float, per_token: float = 0.0
+    ) -> None:
         self.procs: list[subprocess.Popen[bytes]] = []
         self.ports: list[int] = []
         left = size
@@ -79,6 +81,8 @@ class Fleet:
                         str(capacity),
                         "--delay",
                         str(delay),
+                        "--per-token",
+                        str(per_token),
                         "--watch-stdin",
                     ],
                     stdin=subprocess.PIPE,
@@ -317,6 +321,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="workers of the HTML report's run against a real Prometheus (0: none)",
     )
     p.add_argument("--output", default="bench-report.json", help="JSON report (%(default)s)")
+    # Imported here: postcheck_production builds on this module's Fleet and run_measured.
+    from postcheck_production import add_arguments, production_rows
+
+    add_arguments(p)
     a = p.parse_args(argv)
     sizes = [int(s) for s in a.sizes.split(",") if s.strip()]
     if a.concurrency <= a.capacity:
@@ -351,6 +359,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
             for failure in row.failures:
                 print(f"         FAIL {failure}", flush=True)
+        production = production_rows(a, workdir)
         html = bench_html_report(a.html_workers, a, workdir) if a.html_workers else {}
         if html:
             print(f"HTML report, {a.html_workers} workers, real Prometheus: {html}", flush=True)
@@ -362,6 +371,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         },
         "settings": {k: v for k, v in vars(a).items() if k != "output"},
         "results": [asdict(r) for r in rows],
+        "production": production,
         "html_report": html,
         "per_worker": [
             {

@@ -299,8 +299,14 @@ class _Instance:
                 r.invalid_sent += 1
             else:
                 r.completions_sent += 1
+            # The request's timeout bounds connecting and waiting for the answer each (a
+            # storm of connections to a busy fleet is not a hung worker); the deadline all.
             left = self.deadline - time.monotonic()
-            timeout = aiohttp.ClientTimeout(total=max(0.01, min(self.plan.timeout_s, left)))
+            timeout = aiohttp.ClientTimeout(
+                total=max(0.01, left),
+                sock_connect=self.plan.timeout_s,
+                sock_read=self.plan.timeout_s,
+            )
             try:
                 async with self.session.post(
                     self.url_completions,
@@ -310,7 +316,7 @@ class _Instance:
                 ) as resp:
                     code, data = resp.status, await resp.read()
             except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-                late = time.monotonic() >= self.deadline - 0.01 and self.plan.timeout_s > left
+                late = time.monotonic() >= self.deadline - 0.01
                 r.errors[DEADLINE_TEXT if late else _describe(exc, self.url_completions)] += 1
                 continue
             if 500 <= code < 600:
