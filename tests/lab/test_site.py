@@ -158,6 +158,22 @@ BAD_INPUTS = [
      "nvidia_gpu_exporter_dcgm_cuda_major=thirteen"),
     ("DCGM proprietary neither auto nor a bool", {"nvidia_gpu_exporter_dcgm_proprietary": "maybe"},
      "nvidia_gpu_exporter_dcgm_proprietary=maybe"),
+    # nvidia_driver (#13): the worker is Debian 12 without a GPU or NVSwitch
+    ("driver branch not a number", {"nvidia_driver_branch": "latest"},
+     "nvidia_driver_branch=latest"),
+    ("driver branch unknown", {"nvidia_driver_branch": "999"},
+     "nvidia_driver_branch=999 is not a branch the role knows"),
+    ("driver branch Debian 12's archive lacks", {"nvidia_driver_source": "distro"},
+     "nvidia_driver_branch=580 with nvidia_driver_source=distro"),
+    ("fabric manager forced without NVSwitch", {"nvidia_driver_fabricmanager": True},
+     "nvidia_driver_fabricmanager=True on lab-worker1, which has no NVSwitch"),
+    ("fabric manager neither auto nor a bool", {"nvidia_driver_fabricmanager": "sometimes"},
+     "nvidia_driver_fabricmanager=sometimes"),
+    ("kernel headers with a version",
+     {"nvidia_driver_kernel_headers_packages": ["linux-headers-amd64=6.1"]},
+     "nvidia_driver_kernel_headers_packages"),
+    ("relative MOK key path", {"nvidia_driver_mok_key": "mok.key"},
+     "nvidia_driver_mok_key=mok.key"),
 ]
 
 
