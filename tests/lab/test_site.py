@@ -174,6 +174,21 @@ BAD_INPUTS = [
      "nvidia_driver_kernel_headers_packages"),
     ("relative MOK key path", {"nvidia_driver_mok_key": "mok.key"},
      "nvidia_driver_mok_key=mok.key"),
+    # vllm install (#17)
+    ("vllm mirror URL not a URL", {"vllm_mirror_url": "mirror.lab/wheels"},
+     "vllm_mirror_url=mirror.lab/wheels"),
+    ("vllm lock without hashes",
+     {"vllm_lock_dir": str(ROOT / "tests" / "unit" / "fixtures" / "vllm-locks" / "unhashed")},
+     "requirements without --hash"),
+    ("vllm_keep_versions 0", {"vllm_keep_versions": 0}, "vllm_keep_versions=0"),
+    ("vLLM release (staged or installed) without a lock", {"vllm_version": "0.30.0"},
+     "vllm_version=0.30.0: no lock"),
+    ("vllm mirror beside the lab's find-links", {"vllm_mirror_url": "http://10.231.0.1:8765/"},
+     "use one source"),
+    ("vllm wheel archive not on the controller",
+     {"vllm_wheels_archive_src": "/nope/wheels.tar", "vllm_pip_find_links": []},
+     "vllm_wheels_archive_src=/nope/wheels.tar"),
+    ("vllm_keep_versions not a number", {"vllm_keep_versions": "two"}, "vllm_keep_versions"),
 ]
 
 
