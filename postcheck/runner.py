@@ -34,7 +34,14 @@ from postcheck.dashboards import (
 )
 from postcheck.fleet import Fleet, Worker
 from postcheck.grafana import GrafanaAccess, describe, grafana_checks
-from postcheck.load import LoadOutcome, LoadPlan, LoadTarget, SocketBudget, load_instance
+from postcheck.load import (
+    LoadContext,
+    LoadOutcome,
+    LoadPlan,
+    LoadTarget,
+    SocketBudget,
+    load_instance,
+)
 from postcheck.prometheus import Probe, Prometheus, poll, poll_probes
 from postcheck.queuewatch import PrometheusQueueWatch
 from postcheck.report import CheckFailed, Reporter
@@ -244,8 +251,9 @@ class Run:
     ) -> dict[str, LoadOutcome]:
         """Every instance at once, within the open-files budget (beyond it, loads wait)."""
         outcomes: dict[str, LoadOutcome] = {}
-        budget = SocketBudget(_open_files_budget())
         deadline = time.monotonic() + self.load_deadline_s
+        budget = SocketBudget(_open_files_budget())
+        ctx = LoadContext(counters, gauges, keep, deadline, self.watch, budget)
         stop = asyncio.Event()
         watcher = asyncio.ensure_future(self.watch.run(stop)) if self.watch else None
 
@@ -259,9 +267,7 @@ class Run:
                 "timeout_s": round(t.plan.timeout_s, 3),
             }
             try:
-                outcome = await load_instance(
-                    t, counters, gauges, keep, deadline, self.watch, budget
-                )
+                outcome = await load_instance(t, ctx)
             except CheckFailed as exc:
                 self.loads[label] = info
                 self.rep.record("load", label, "fail", str(exc), time.monotonic() - start)
