@@ -142,18 +142,6 @@ class LoadTarget:
     plan: LoadPlan
 
 
-@dataclass(frozen=True)
-class LoadContext:
-    """What every instance's load shares: the signals' series, the deadline, the watch."""
-
-    counters: Sequence[MetricExpectation]
-    gauges: Sequence[str]
-    keep: Iterable[str]  # more sample names the before/after reads keep
-    deadline: float  # time.monotonic() by which the whole load ends
-    watch: QueueWatch | None
-    budget: SocketBudget
-
-
 class QueueWatch(Protocol):
     """Whether Prometheus has scraped an instance's gauges above 0 since its load began."""
 
@@ -216,18 +204,26 @@ class _Instance:
     """One instance's load on the shared event loop."""
 
     def __init__(
-        self, target: LoadTarget, session: aiohttp.ClientSession, ctx: LoadContext
+        self,
+        target: LoadTarget,
+        session: aiohttp.ClientSession,
+        counters: Sequence[MetricExpectation],
+        gauges: Sequence[str],
+        keep: Iterable[str],
+        deadline: float,
+        watch: QueueWatch | None,
+        budget: SocketBudget,
     ) -> None:
         self.t = target
         self.plan = target.plan
         self.session = session
-        self.counters = ctx.counters
-        self.gauges = list(ctx.gauges)
-        self.names = {c.name for c in ctx.counters} | set(ctx.gauges) | set(ctx.keep)
-        self.deadline = ctx.deadline
-        self.watch = ctx.watch if target.plan.probe else None
-        self.budget = ctx.budget
-        self.result = LoadResult(peaks={g: 0.0 for g in self.gauges})
+        self.counters = counters
+        self.gauges = list(gauges)
+        self.names = {c.name for c in counters} | set(gauges) | set(keep)
+        self.deadline = deadline
+        self.watch = watch if target.plan.probe else None
+        self.budget = budget
+        self.result = LoadResult(peaks={g: 0.0 for g in gauges})
         self.pattern = wave_pattern(self.plan.completions, self.plan.invalid)
         self.pos = 0
         self.senders: set[asyncio.Task[None]] = set()
@@ -433,10 +429,18 @@ class _Instance:
         return LoadOutcome(before=before, after=after, result=r, probe=self.plan.probe)
 
 
-async def load_instance(target: LoadTarget, ctx: LoadContext) -> LoadOutcome:
+async def load_instance(
+    target: LoadTarget,
+    counters: Sequence[MetricExpectation],
+    gauges: Sequence[str],
+    keep: Iterable[str],
+    deadline: float,
+    watch: QueueWatch | None,
+    budget: SocketBudget,
+) -> LoadOutcome:
     """Load one instance (within the socket budget); CheckFailed if /metrics is unusable."""
     sockets = target.plan.in_flight + 2  # + the /metrics poll and a spare
-    await ctx.budget.take(sockets)
+    await budget.take(sockets)
     try:
         headers = {"User-Agent": USER_AGENT}
         if target.worker.api_key:
@@ -455,9 +459,10 @@ async def load_instance(target: LoadTarget, ctx: LoadContext) -> LoadOutcome:
             trust_env=False,  # fleet addresses are private: never through a proxy
             skip_auto_headers=("Accept-Encoding",),
         ) as session:
-            return await _Instance(target, session, ctx).run()
+            one = _Instance(target, session, counters, gauges, keep, deadline, watch, budget)
+            return await one.run()
     finally:
-        await ctx.budget.give(sockets)
+        await budget.give(sockets)
 
 
 def run_load(
@@ -472,9 +477,10 @@ def run_load(
     """One instance's load from synchronous code (tests, tools)."""
 
     async def main() -> LoadOutcome:
+        budget = SocketBudget(1 << 20)
+        target = LoadTarget(worker, model, plan)
         deadline = time.monotonic() + deadline_s
-        ctx = LoadContext(counters, gauges, keep, deadline, None, SocketBudget(1 << 20))
-        return await load_instance(LoadTarget(worker, model, plan), ctx)
+        return await load_instance(target, counters, gauges, keep, deadline, None, budget)
 
     return asyncio.run(main())
 

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from postcheck import defaults
+from postcheck.alertmanager import watchdog_check
 from postcheck.capacity import from_inventory, queue_margin
 from postcheck.dashboards import (
     Dashboard,
@@ -346,7 +347,7 @@ class Run:
     def phase_rules(self) -> None:
         """Rule groups loaded and evaluating without errors; firing alerts reported."""
         if self.prom is None:
-            for name in ("prometheus.rules", "prometheus.alerts"):
+            for name in ("prometheus.rules", "prometheus.alerts", "alertmanager.watchdog"):
                 self.rep.skip(name, "-", f"{self.prom_down}")
             return
         prom = self.prom
@@ -381,6 +382,11 @@ class Run:
 
         self.rep.run("prometheus.rules", prom.base_url, rules)
         self.rep.run("prometheus.alerts", prom.base_url, alerts)
+        # Dead man's switch. Alerts sent before Prometheus discovered its Alertmanagers are
+        # sent again a minute later (its --rules.alert.resend-delay): wait that long for it.
+        wait_s = 60 + 2 * self.fleet.scrape_interval_s + self.slack_s
+        self.rep.run("alertmanager.watchdog", prom.base_url,
+                     watchdog_check(prom, self.check_timeout_s, wait_s))
 
     def phase_dashboards(self, load_started: float) -> None:
         dashboards, broken = load_dashboards(self.opt.dashboards_dir)

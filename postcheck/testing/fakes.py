@@ -741,7 +741,7 @@ class FakePrometheus(_Base):
 
     def _generic(self, expr: str) -> list[Row]:
         """Dashboard panels: data if every metric the query names exists somewhere."""
-        known = {"up"}
+        known = {"up", "ALERTS"}  # Prometheus's own; ALERTS: the Watchdog always fires
         for t in self.targets:
             snap = t.snapshot()
             if snap is not None:
@@ -755,6 +755,21 @@ class FakePrometheus(_Base):
             return self.reply(
                 req, 200, json.dumps({"status": "success", "data": {"version": "2.42.0"}})
             )
+        # Its own Alertmanager: the fake serves Alertmanager's alerts API too, where the
+        # Watchdog of the alertmanager check always fires.
+        if parts.path == "/api/v1/status/config":
+            yaml = f"alerting:\n  alertmanagers:\n  - static_configs: [{self.instance}]"
+            return self.reply(req, 200, json.dumps({"status": "success", "data": {"yaml": yaml}}))
+        if parts.path == "/api/v1/alertmanagers":
+            managers = {"activeAlertmanagers": [{"url": f"{self.url}/api/v2/alerts"}],
+                        "droppedAlertmanagers": []}
+            return self.reply(req, 200, json.dumps({"status": "success", "data": managers}))
+        if parts.path == "/api/v2/alerts":
+            watchdog: dict[str, Any] = {
+                "labels": {"alertname": "Watchdog", "severity": "none"},
+                "status": {"state": "active", "inhibitedBy": [], "silencedBy": []},
+            }
+            return self.reply(req, 200, json.dumps([watchdog]))
         if parts.path in ("/api/v1/rules", "/api/v1/alerts"):
             data: dict[str, Any] = (
                 {"groups": self.rule_groups}

@@ -37,7 +37,9 @@ def wait_ready(
     pytest.fail(f"{what} did not answer on {url}")
 
 
-def start_prometheus(config: str, folder: Path) -> tuple[subprocess.Popen[bytes], str]:
+def start_prometheus(
+    config: str, folder: Path, *args: str
+) -> tuple[subprocess.Popen[bytes], str]:
     """A real Prometheus with this prometheus.yml, ready; the caller terminates it."""
     assert PROMETHEUS is not None, "no prometheus: make setup installs Debian's package"
     (folder / "prometheus.yml").write_text(config)
@@ -48,10 +50,29 @@ def start_prometheus(config: str, folder: Path) -> tuple[subprocess.Popen[bytes]
             f"--config.file={folder / 'prometheus.yml'}",
             f"--storage.tsdb.path={folder / 'data'}",
             f"--web.listen-address=127.0.0.1:{port}",
+            *args,
         ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
     url = f"http://127.0.0.1:{port}"
     wait_ready(f"{url}/-/ready", proc, "prometheus")
+    return proc, url
+
+
+ALERTMANAGER = shutil.which("prometheus-alertmanager") or shutil.which("alertmanager")
+
+
+def start_alertmanager(config: Path, folder: Path) -> tuple[subprocess.Popen[bytes], str]:
+    """A real Alertmanager with this alertmanager.yml, alone (no cluster), ready."""
+    assert ALERTMANAGER is not None, "no Alertmanager: make setup installs Debian's package"
+    port = free_port()
+    proc = subprocess.Popen(
+        [ALERTMANAGER, f"--config.file={config}", f"--storage.path={folder / 'am-data'}",
+         f"--web.listen-address=127.0.0.1:{port}", "--cluster.listen-address="],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    wait_ready(f"{url}/-/ready", proc, "alertmanager")
     return proc, url

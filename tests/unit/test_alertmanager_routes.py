@@ -18,10 +18,9 @@ import pytest
 import requests
 import yaml
 from conftest import REPO, RULE_FILES, run_ansible_playbook
-from realservers import free_port, wait_ready
+from realservers import start_alertmanager
 
 AMTOOL = shutil.which("amtool")
-ALERTMANAGER = shutil.which("prometheus-alertmanager") or shutil.which("alertmanager")
 AMTOOL_TESTS = REPO / "tests" / "amtool"
 CASES: list[dict[str, Any]] = yaml.safe_load((AMTOOL_TESTS / "routes.yml").read_text())["cases"]
 SECRETS = ["test-routing-key", "test-smtp-password", "test-token", "test-bearer-token"]
@@ -91,19 +90,11 @@ def test_every_alert_the_rules_fire_has_a_route_case_with_its_severity(
 def alertmanager(tmp_path_factory: pytest.TempPathFactory) -> Any:
     """Alertmanager on loopback with the role's routes and inhibitions, and no receiver at
     all (every alert ends at "none"): nothing leaves the machine."""
-    assert ALERTMANAGER is not None, "no Alertmanager: make setup installs Debian's package"
     folder = tmp_path_factory.mktemp("am-run")
     vars_file = folder / "vars.yml"
     vars_file.write_text("alertmanager_receivers: []\n")
     render_config(folder / "alertmanager.yml", vars_file)
-    port = free_port()
-    proc = subprocess.Popen(
-        [ALERTMANAGER, f"--config.file={folder / 'alertmanager.yml'}",
-         f"--storage.path={folder / 'data'}", f"--web.listen-address=127.0.0.1:{port}",
-         "--cluster.listen-address="],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    wait_ready(f"{url}/-/ready", proc, "alertmanager")
+    proc, url = start_alertmanager(folder / "alertmanager.yml", folder)
     yield url
     proc.terminate()
     proc.wait(timeout=20)
