@@ -80,6 +80,11 @@ def test_postcheck_passes_with_the_six_signals(lab: dict[str, object], tmp_path:
 # As inventory/lab has it: its SLO names the served model, checked before the instances.
 TINY = {"name": "tiny", "port": 8000, "model": "/srv/models/tiny-llama",
         "served_model_name": "tiny-llama"}
+# The lab's own receivers (inventory/lab): cases that add one keep them.
+LAB_AM_RECEIVERS = [
+    {"name": "lab-test-receiver", "type": "webhook", "url": "http://10.231.0.1:19093/alerts"},
+    {"name": "lab-test-heartbeat", "type": "webhook", "url": "http://10.231.0.1:19093/heartbeat"},
+]
 BAD_INPUTS = [
     ("instance name", {"vllm_instances": [{**TINY, "name": "Bad_Name"}]},
      "vllm_instances[0].name=Bad_Name"),
@@ -189,6 +194,35 @@ BAD_INPUTS = [
      {"vllm_wheels_archive_src": "/nope/wheels.tar", "vllm_pip_find_links": []},
      "vllm_wheels_archive_src=/nope/wheels.tar"),
     ("vllm_keep_versions not a number", {"vllm_keep_versions": "two"}, "vllm_keep_versions"),
+    # alertmanager (#16)
+    ("alertmanager: unknown receiver type",
+     {"alertmanager_receivers": [*LAB_AM_RECEIVERS, {"name": "tg", "type": "telegram"}]},
+     "alertmanager_receivers[2] (name=tg, type=telegram)"),
+    ("alertmanager: route to a missing receiver",
+     {"alertmanager_routes": [{"receiver": "nobody", "matchers": {"team": "llama"}}]},
+     "alertmanager_routes[0].receiver=nobody names no receiver"),
+    ("alertmanager: severity to a missing receiver",
+     {"alertmanager_severity_receivers": {"page": "pagerduty"}},
+     "alertmanager_severity_receivers.page=pagerduty names no receiver"),
+    ("alertmanager: heartbeat to a missing receiver", {"alertmanager_heartbeat_receiver": "hc"},
+     "alertmanager_heartbeat_receiver=hc names no receiver"),
+    ("alertmanager: password inline in a webhook URL",
+     {"alertmanager_receivers": [*LAB_AM_RECEIVERS, {"name": "hook", "type": "webhook",
+                                                     "url": "https://u:pw@hooks.example/x"}]},
+     "alertmanager_receivers[2] (hook): a secret would be written into alertmanager.yml"),
+    ("alertmanager: webhook URL file with Debian's 0.25",
+     {"alertmanager_receivers": [*LAB_AM_RECEIVERS, {"name": "hc", "type": "webhook",
+                                                     "url_secret": "https://hc.example/ping/x"}]},
+     "Alertmanager reads a webhook URL from a file only since 0.26"),
+    ("alertmanager: bad duration", {"alertmanager_group_wait": "soon"},
+     "alertmanager_group_wait=soon: needs a duration"),
+    ("alertmanager: cluster peers without this host",
+     {"alertmanager_cluster_peers": ["10.231.0.98:9094", "10.231.0.99:9094"]},
+     "this host's 10.231.0.11:9094"),
+    ("alertmanager: archive without checksum", {"alertmanager_install_method": "archive"},
+     "alertmanager_archive_sha256"),
+    ("alertmanager: receivers not a list", {"alertmanager_receivers": "oncall"},
+     "option 'alertmanager_receivers' is of type str"),
 ]
 
 
