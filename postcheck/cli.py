@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -15,6 +16,7 @@ from postcheck.capacity import from_inventory
 from postcheck.dashboards import load_dashboards, panel_queries
 from postcheck.fleet import Fleet, UsageError, Worker, host_port, normalize_url, parse_duration
 from postcheck.grafana import GrafanaAccess
+from postcheck.html_report import html_report, write_html
 from postcheck.inventory import load_fleet
 from postcheck.report import Reporter, junit_xml, write_json, write_junit
 from postcheck.runner import Options, raise_open_files_limit, run
@@ -351,6 +353,12 @@ def build_parser() -> argparse.ArgumentParser:
         "name's first segment; failures and skips with their detail)",
     )
     misc.add_argument(
+        "--html",
+        metavar="FILE",
+        help="write a self-contained HTML report there: summary, checks, signals per "
+        "instance, and every dashboard panel drawn from Prometheus over the run",
+    )
+    misc.add_argument(
         "--grafana-user-env",
         metavar="VAR",
         help=f"read the Grafana user from this environment variable (default "
@@ -635,6 +643,10 @@ def main(argv: list[str] | None = None, out: TextIO | None = None) -> int:
             properties={"source": fleet.source, "prometheus": fleet.prometheus_url or "-"},
         )
         if not _try_write(args.junit, xml, write_junit):
+            return 2
+    if args.html:
+        page = html_report(report, fleet, options, time.time())
+        if not _try_write(args.html, page, write_html):
             return 2
     return reporter.exit_code()
 
