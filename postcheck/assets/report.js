@@ -38,6 +38,9 @@
     }
   }
   const tz = (ts) => uPlot.tzDate(new Date(ts * 1e3), "Etc/UTC");
+  // Byte units tick at powers of two (8 GiB, 16 GiB), not at 9.31 GiB.
+  const BINARY = new Set(["bytes", "mbytes", "Bps"]);
+  const POW2 = Array.from({ length: 64 }, (_, i) => 2 ** i);
   const hms = uPlot.fmtDate("{HH}:{mm}:{ss}");
   const labelWidth = (u, values) =>
     values && values.length ? 28 + 7.5 * Math.max(...values.map((v) => String(v).length)) : 50;
@@ -118,6 +121,7 @@
         { stroke: "#555", grid: { stroke: "#eee" }, ticks: { stroke: "#ddd" }, size: 36, space: 90,
           values: (u, vals) => vals.map((v) => hms(tz(v))) },
         { stroke: "#555", grid: { stroke: "#eee" }, ticks: { stroke: "#ddd" }, size: labelWidth,
+          ...(BINARY.has(p.unit) ? { incrs: POW2 } : {}),
           values: (u, vals) => vals.map((v) => fmt(p.unit, v)) },
       ],
       hooks: { drawClear: [shadeRun] },
