@@ -84,6 +84,34 @@ def test_slow_fleet_ten_times_the_labs_latency_passes_with_default_flags(
     assert canary["proof"] == "Prometheus"
 
 
+def test_late_prometheus_keeps_the_queue_filled_until_it_has_scraped_it(
+    tmp_path: Path,
+    fake_vllm: Callable[..., FakeVLLM],
+    servers: list[Any],
+    run_postcheck: RunPostcheck,
+) -> None:
+    """Problem 3: Prometheus shows the instance's state up to 3 s late (just back from a
+    reboot, scraping late). The load does not end after a fixed time: it keeps the queue
+    filled until Prometheus has seen it, then the signal checks pass."""
+    v = fake_vllm(capacity=2, delay=0.05)
+    prom = FakePrometheus(
+        node_targets=["127.0.0.1:9100"], targets=[HttpStateTarget(v.instance, interval_s=3.0)]
+    )
+    prom.start()
+    servers.append(prom)
+    inv = fleet_inventory(tmp_path, [v], prom, max_num_seqs=2)
+
+    r = run_postcheck("-i", str(inv), "--traffic-window", "0.2", "--scrape-interval", "3s")
+
+    assert r.code == 0, r.out
+    load = loads(r)["w0/main"]
+    assert load["proof"] == "Prometheus"
+    # 6 in flight at 0.05 s a request: many more than the 8 asked while Prometheus lagged
+    assert load["completions_sent"] > 40 and load["completions_ok"] == load["completions_sent"]
+    assert r.report["summary"]["load"]["prometheus_queue_watch"]["queries"] > 2
+    assert r.checks("prometheus.queue_depth:vllm:num_requests_waiting", "pass")
+
+
 def test_hung_worker_fails_by_name_within_the_deadline(
     tmp_path: Path,
     fake_vllm: Callable[..., FakeVLLM],
