@@ -12,14 +12,20 @@ seen its queue). Figures are printed and written to the JSON report, never asser
 from __future__ import annotations
 
 import argparse
-import json
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
-from postcheck_scale import GRAFANA_PASSWORD, GRAFANA_USER, Fleet, postcheck_command, run_measured
+from postcheck_scale import (
+    GRAFANA_PASSWORD,
+    GRAFANA_USER,
+    Fleet,
+    postcheck_command,
+    read_report,
+    run_with_grafana,
+)
 
 from postcheck.testing.fakes import (
     PRODUCTION_PER_TOKEN_S,
@@ -48,6 +54,7 @@ class ProductionRow:
     checks: int
     failed: int
     exit_code: int
+    loadavg_before: float  # the machine's load average: other work slows every figure
     failures: list[str]
 
 
@@ -121,14 +128,13 @@ def bench_production(size: int, probe: str, a: argparse.Namespace, workdir: Path
         argv = [*postcheck_command(a.postcheck_command), "-i", str(inv), "--json", str(report)]
         if probe != "per-model":  # the default: no flag at all
             argv += ["--queue-probe", probe]
-        env = {**os.environ, "GRAFANA_USER": GRAFANA_USER, "GRAFANA_PASSWORD": GRAFANA_PASSWORD}
-        with open(workdir / f"{name}.log", "wb") as log:
-            code, seconds, peak, cpu = run_measured(argv, log, env)
+        loadavg = os.getloadavg()[0]
+        code, seconds, peak, cpu = run_with_grafana(argv, workdir / f"{name}.log")
     finally:
         grafana.stop()
         prom.stop()
         fleet.stop()
-    data: dict[str, Any] = json.loads(report.read_text()) if report.exists() else {}
+    data, failures = read_report(report)
     summary = data.get("summary", {})
     loads = list((summary.get("load") or {}).get("instances", {}).values())
     probes = [x for x in loads if x.get("queue_probe")]
@@ -152,11 +158,8 @@ def bench_production(size: int, probe: str, a: argparse.Namespace, workdir: Path
         checks=int(summary.get("total", 0)),
         failed=int(summary.get("failed", 0)),
         exit_code=code,
-        failures=[
-            f"{c['name']} {c['target']}: {c['detail'][:160]}"
-            for c in data.get("checks", [])
-            if c["status"] == "fail"
-        ][:10],
+        loadavg_before=round(loadavg, 2),
+        failures=failures[:10],
     )
 
 

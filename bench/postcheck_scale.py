@@ -132,6 +132,24 @@ def run_measured(
     return proc.returncode, seconds, usage.ru_maxrss / 1024, cpu  # ru_maxrss: KiB on Linux
 
 
+def run_with_grafana(argv: list[str], log_path: Path) -> tuple[int, float, float, float]:
+    """run_measured with the fake Grafana's credentials in the environment, output to a log."""
+    env = {**os.environ, "GRAFANA_USER": GRAFANA_USER, "GRAFANA_PASSWORD": GRAFANA_PASSWORD}
+    with open(log_path, "wb") as log:
+        return run_measured(argv, log, env)
+
+
+def read_report(report: Path) -> tuple[dict[str, Any], list[str]]:
+    """A post-check's JSON report (empty if it wrote none) and its failures, one line each."""
+    data: dict[str, Any] = json.loads(report.read_text()) if report.exists() else {}
+    failures = [
+        f"{c['name']} {c['target']}: {c['detail'][:160]}"
+        for c in data.get("checks", [])
+        if c["status"] == "fail"
+    ]
+    return data, failures
+
+
 def bench_one(size: int, a: argparse.Namespace, workdir: Path) -> Row:
     fleet = Fleet(size, a.per_process, a.capacity, a.delay)
     # One node_exporter per fleet process (a "host"): always up, serving node_* names.
@@ -163,21 +181,14 @@ def bench_one(size: int, a: argparse.Namespace, workdir: Path) -> Row:
             *("--scrape-interval", f"{a.scrape_interval}s", "--timeout", str(a.timeout)),
             *("--json", str(report)),
         ]
-        env = {**os.environ, "GRAFANA_USER": GRAFANA_USER, "GRAFANA_PASSWORD": GRAFANA_PASSWORD}
         load_before = os.getloadavg()[0]
-        with open(workdir / f"postcheck-{size}.log", "wb") as log:
-            code, seconds, peak, cpu = run_measured(argv, log, env)
+        code, seconds, peak, cpu = run_with_grafana(argv, workdir / f"postcheck-{size}.log")
     finally:
         grafana.stop()
         prom.stop()
         fleet.stop()
-    data: dict[str, Any] = json.loads(report.read_text()) if report.exists() else {}
+    data, failures = read_report(report)
     summary = data.get("summary", {})
-    failures = [
-        f"{c['name']} {c['target']}: {c['detail'][:160]}"
-        for c in data.get("checks", [])
-        if c["status"] == "fail"
-    ]
     return Row(
         workers=size,
         seconds=round(seconds, 2),
@@ -321,7 +332,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="workers of the HTML report's run against a real Prometheus (0: none)",
     )
     p.add_argument("--output", default="bench-report.json", help="JSON report (%(default)s)")
-    # Imported here: postcheck_production builds on this module's Fleet and run_measured.
+    # Imported here: postcheck_production builds on this module's Fleet and run_with_grafana.
     from postcheck_production import add_arguments, production_rows
 
     add_arguments(p)

@@ -142,6 +142,18 @@ class LoadTarget:
     plan: LoadPlan
 
 
+@dataclass(frozen=True)
+class LoadContext:
+    """What every instance's load shares: the signals' series, the deadline, the watch."""
+
+    counters: Sequence[MetricExpectation]
+    gauges: Sequence[str]
+    keep: Iterable[str]  # more sample names the before/after reads keep
+    deadline: float  # time.monotonic() by which the whole load ends
+    watch: QueueWatch | None
+    budget: SocketBudget
+
+
 class QueueWatch(Protocol):
     """Whether Prometheus has scraped an instance's gauges above 0 since its load began."""
 
@@ -204,26 +216,18 @@ class _Instance:
     """One instance's load on the shared event loop."""
 
     def __init__(
-        self,
-        target: LoadTarget,
-        session: aiohttp.ClientSession,
-        counters: Sequence[MetricExpectation],
-        gauges: Sequence[str],
-        keep: Iterable[str],
-        deadline: float,
-        watch: QueueWatch | None,
-        budget: SocketBudget,
+        self, target: LoadTarget, session: aiohttp.ClientSession, ctx: LoadContext
     ) -> None:
         self.t = target
         self.plan = target.plan
         self.session = session
-        self.counters = counters
-        self.gauges = list(gauges)
-        self.names = {c.name for c in counters} | set(gauges) | set(keep)
-        self.deadline = deadline
-        self.watch = watch if target.plan.probe else None
-        self.budget = budget
-        self.result = LoadResult(peaks={g: 0.0 for g in gauges})
+        self.counters = ctx.counters
+        self.gauges = list(ctx.gauges)
+        self.names = {c.name for c in ctx.counters} | set(ctx.gauges) | set(ctx.keep)
+        self.deadline = ctx.deadline
+        self.watch = ctx.watch if target.plan.probe else None
+        self.budget = ctx.budget
+        self.result = LoadResult(peaks={g: 0.0 for g in self.gauges})
         self.pattern = wave_pattern(self.plan.completions, self.plan.invalid)
         self.pos = 0
         self.senders: set[asyncio.Task[None]] = set()
@@ -429,18 +433,10 @@ class _Instance:
         return LoadOutcome(before=before, after=after, result=r, probe=self.plan.probe)
 
 
-async def load_instance(
-    target: LoadTarget,
-    counters: Sequence[MetricExpectation],
-    gauges: Sequence[str],
-    keep: Iterable[str],
-    deadline: float,
-    watch: QueueWatch | None,
-    budget: SocketBudget,
-) -> LoadOutcome:
+async def load_instance(target: LoadTarget, ctx: LoadContext) -> LoadOutcome:
     """Load one instance (within the socket budget); CheckFailed if /metrics is unusable."""
     sockets = target.plan.in_flight + 2  # + the /metrics poll and a spare
-    await budget.take(sockets)
+    await ctx.budget.take(sockets)
     try:
         headers = {"User-Agent": USER_AGENT}
         if target.worker.api_key:
@@ -459,10 +455,9 @@ async def load_instance(
             trust_env=False,  # fleet addresses are private: never through a proxy
             skip_auto_headers=("Accept-Encoding",),
         ) as session:
-            one = _Instance(target, session, counters, gauges, keep, deadline, watch, budget)
-            return await one.run()
+            return await _Instance(target, session, ctx).run()
     finally:
-        await budget.give(sockets)
+        await ctx.budget.give(sockets)
 
 
 def run_load(
@@ -477,10 +472,9 @@ def run_load(
     """One instance's load from synchronous code (tests, tools)."""
 
     async def main() -> LoadOutcome:
-        budget = SocketBudget(1 << 20)
-        target = LoadTarget(worker, model, plan)
         deadline = time.monotonic() + deadline_s
-        return await load_instance(target, counters, gauges, keep, deadline, None, budget)
+        ctx = LoadContext(counters, gauges, keep, deadline, None, SocketBudget(1 << 20))
+        return await load_instance(LoadTarget(worker, model, plan), ctx)
 
     return asyncio.run(main())
 
