@@ -7,12 +7,16 @@ provisioning files are checked on the host.
 from __future__ import annotations
 
 import json
+import os
 import re
+import time
 from pathlib import Path
 
+import ansible_runner
 import pytest
+from ansible_runner import Runner
 
-from .conftest import BIN, LAB_INVENTORY, playbook, run
+from .conftest import BIN, LAB_INVENTORY, ROOT, playbook, run, tool_env
 
 pytestmark = pytest.mark.lab
 
@@ -57,12 +61,61 @@ def test_site_converges_on_fresh_hosts(lab: dict[str, object], tmp_path: Path) -
     assert "server package are NOT installed" in " ".join(proc.stdout.split())  # said, not hidden
 
 
+def runner_site(private: Path, vault_password: str, vaulted_vars: dict[str, str]) -> Runner:
+    """site.yml through ansible-runner as AWX runs it: this repository as the project, the lab's
+    inventory, a vault-encrypted vars file opened with env/passwords answering the prompt."""
+    private.mkdir()
+    plain = private / "vault.yml"
+    plain.write_text("".join(f"{k}: {json.dumps(v)}\n" for k, v in vaulted_vars.items()))
+    (private / "vault-pass").write_text(vault_password)
+    run([str(BIN / "ansible-vault"), "encrypt", "--vault-password-file",
+         str(private / "vault-pass"), str(plain)])
+    (private / "vault-pass").unlink()  # from here on only env/passwords knows it
+    assert plain.read_text().startswith("$ANSIBLE_VAULT;")
+    env = tool_env()
+    return ansible_runner.run(
+        private_data_dir=str(private), project_dir=str(ROOT), playbook="site.yml",
+        inventory=str(LAB_INVENTORY), ident="site", quiet=True,
+        cmdline=f"--ask-vault-pass -e @{plain}",
+        passwords={r"^Vault password:\s*?$": vault_password},
+        envvars={k: env[k] for k in ("PATH", "ANSIBLE_CONFIG", "ANSIBLE_FORCE_COLOR")},
+    )
+
+
 def test_second_run_changes_nothing(lab: dict[str, object], tmp_path: Path) -> None:
-    proc = playbook("site.yml", "-e", f"postcheck_report={tmp_path / 'second.json'}")
+    """Through ansible-runner (idempotence read from its job events), then plain
+    ansible-playbook once more; both times printed."""
+    artifacts = tmp_path / "runner" / "artifacts" / "site"
+    start = time.monotonic()
+    r = runner_site(tmp_path / "runner", "lab-vault-pw-" + os.urandom(6).hex(),
+                    {"postcheck_report": str(artifacts / "postcheck-report.json")})
+    runner_s = time.monotonic() - start
+    events = list(r.events)
+    oks = [e["event_data"] for e in events if e["event"] == "runner_on_ok"]
+    bad = [e["event_data"].get("task") for e in events
+           if e["event"] in ("runner_on_failed", "runner_on_unreachable")
+           and not e["event_data"].get("ignore_errors")]
+    assert r.status == "successful" and r.rc == 0 and bad == [], (r.status, r.rc, bad)
+    assert {"lab-worker1", "lab-mon1", "localhost"} <= {e["host"] for e in oks}
+    changed = [f"{e['host']}: {e['task']}" for e in oks if e.get("res", {}).get("changed")]
+    assert changed == [], f"second run changed something: {changed}"
+    assert r.stats is not None and not r.stats.get("changed"), r.stats
+    # The vaulted postcheck_report was decrypted and used: the reports are in the artifacts.
+    report = json.loads((artifacts / "postcheck-report.json").read_text())
+    assert report["summary"]["failed"] == 0
+    html = artifacts / "postcheck-report.html"
+    assert "uPlot" in html.read_text()
+    print(f"post-check report in the runner's artifacts: {html} ({html.stat().st_size} bytes)")
+
+    start = time.monotonic()
+    proc = playbook("site.yml", "-e", f"postcheck_report={tmp_path / 'third.json'}")
+    plain_s = time.monotonic() - start
     hosts = recap(proc.stdout)
     assert hosts, "no PLAY RECAP in the output"
-    changed = {name: h["changed"] for name, h in hosts.items() if h["changed"]}
-    assert changed == {}, f"second run changed something: {changed}"
+    changed_plain = {name: h["changed"] for name, h in hosts.items() if h["changed"]}
+    assert changed_plain == {}, f"third run changed something: {changed_plain}"
+    print(f"second site.yml run: ansible-runner {runner_s:.1f} s, "
+          f"plain ansible-playbook {plain_s:.1f} s")
 
 
 def test_postcheck_passes_with_the_six_signals(lab: dict[str, object], tmp_path: Path) -> None:
