@@ -303,9 +303,13 @@ PYTHON_TOO_OLD = [
     ("explicit", {"vllm_python": PY310_STUB},
      f"vllm_python={PY310_STUB} on lab-worker1 is Python 3.10.12; vLLM 0.32.0 needs Python"
      " >=3.11,<3.15"),
+    # Debian 12 has a /usr/bin/python3.11 (its python3), which auto would take: jammy's
+    # python3.11 stands in at a path the lab host lacks, as on a jammy host before provisioning.
     ("auto without provisioning",
      {"vllm_python_provision": False, "__vllm_python_system": PY310_STUB,
-      "__vllm_os_release": JAMMY_OS_RELEASE},
+      "__vllm_os_release": JAMMY_OS_RELEASE,
+      "__vllm_python_packages": {"ubuntu-22.04": {"python": "/usr/local/bin/python3.11-absent",
+                                                 "packages": ["python3.11", "python3.11-venv"]}}},
      f"lab-worker1 (ubuntu 22.04) has Python 3.10.12 at {PY310_STUB}; vLLM 0.32.0 needs Python"
      " >=3.11,<3.15 (Requires-Python of its wheel), and vllm_python=auto finds none."
      " vllm_python_provision=false: set it to true to install python3.11 python3.11-venv"),
