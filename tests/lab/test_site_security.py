@@ -19,10 +19,12 @@ SECRET_FILES = [Path("/var/lib/vllm-lab/grafana-admin-password"),
 # Every service the project installs, with the user it must run as.
 SERVICES = {
     "lab-worker1": {"vllm-tiny": "vllm", "prometheus-node-exporter": "prometheus"},
-    "lab-mon1": {"prometheus": "prometheus", "prometheus-node-exporter": "prometheus"},
+    "lab-mon1": {"prometheus": "prometheus", "prometheus-node-exporter": "prometheus",
+                 "prometheus-alertmanager": "alertmanager"},
 }
 # systemd-analyze security targets (issue #8): Debian ships these at 9.2 and 3.9.
-EXPOSURE_MAX = {"vllm-tiny": 2.0, "prometheus": 1.5, "prometheus-node-exporter": 1.5}
+EXPOSURE_MAX = {"vllm-tiny": 2.0, "prometheus": 1.5, "prometheus-node-exporter": 1.5,
+                "prometheus-alertmanager": 1.5}
 
 
 @pytest.fixture(scope="module")
