@@ -167,7 +167,8 @@ def main() -> int:
             figures["install_warm_compiled"] = install(
                 inventory, log, *one, "-e", "vllm_compile_bytecode=true")
             sh([*SSH, "rm -rf /opt/vllm/venvs"])
-            figures["install_warm"] = install(inventory, log, *one)
+            figures["install_warm"] = install(
+                inventory, log, *one, "-e", "vllm_compile_bytecode=false")
             figures["install_cold_controller_archive"] = install(
                 inventory, log, "--limit", "bench-w2")
             for address in HOSTS.values():
