@@ -1,0 +1,272 @@
+"""The gateway's configuration file (YAML): schema, defaults and validation.
+
+Every problem is collected, each naming its option (``pools[0].workers[1].capacity``), so one
+run of ``vllm-gateway --check-config FILE`` lists them all. Unknown keys are errors too: a typo
+must not silently fall back to a default.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import yaml
+
+DEFAULT_API_PORT = 8000
+DEFAULT_METRICS_PORT = 8080
+
+
+class ConfigError(Exception):
+    """The configuration is invalid; ``errors`` lists every problem, each naming its option."""
+
+    def __init__(self, errors: list[str]) -> None:
+        super().__init__("\n".join(errors))
+        self.errors = errors
+
+
+@dataclass(frozen=True)
+class Listen:
+    host: str
+    port: int
+
+
+@dataclass(frozen=True)
+class HealthConfig:
+    interval_s: float = 5.0
+    timeout_s: float = 2.0
+    rise: int = 2
+    fall: int = 3
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    name: str
+    url: str  # base URL without a trailing slash, e.g. http://10.0.0.5:8000
+    capacity: int  # the worker's max-num-seqs: at most this many requests in flight on it
+
+
+@dataclass(frozen=True)
+class PoolConfig:
+    model: str  # the served model name clients send as "model"
+    workers: tuple[WorkerConfig, ...]
+    queue_size: int = 100
+    queue_timeout_s: float = 30.0
+    request_timeout_s: float = 600.0
+
+
+@dataclass(frozen=True)
+class Config:
+    api: Listen
+    metrics: Listen
+    pools: tuple[PoolConfig, ...]
+    health: HealthConfig = HealthConfig()
+    connect_timeout_s: float = 5.0
+    connect_retries: int = 2
+    shutdown_timeout_s: float = 30.0
+    retry_after_s: int = 1
+    max_body_bytes: int = 16 * 1024 * 1024
+
+
+class _Checker:
+    """Reads typed values out of plain YAML data, recording an error per bad option."""
+
+    def __init__(self) -> None:
+        self.errors: list[str] = []
+
+    def error(self, where: str, message: str) -> None:
+        self.errors.append(f"{where}: {message}")
+
+    def mapping(self, value: Any, where: str) -> Mapping[str, Any]:
+        if value is None:
+            return {}
+        if not isinstance(value, Mapping):
+            self.error(where, f"must be a mapping, got {type(value).__name__}")
+            return {}
+        return value
+
+    def unknown(self, data: Mapping[str, Any], allowed: set[str], where: str) -> None:
+        for key in data:
+            if key not in allowed:
+                prefix = f"{where}." if where else ""
+                known = ", ".join(sorted(allowed))
+                self.error(f"{prefix}{key}", f"unknown option (known: {known})")
+
+    def integer(self, data: Mapping[str, Any], key: str, where: str, default: int,
+                minimum: int, maximum: int | None = None) -> int:
+        value = data.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, int):
+            self.error(where, f"must be an integer, got {value!r}")
+            return default
+        if value < minimum or (maximum is not None and value > maximum):
+            upper = f" and <= {maximum}" if maximum is not None else ""
+            self.error(where, f"must be >= {minimum}{upper}, got {value}")
+            return default
+        return value
+
+    def seconds(self, data: Mapping[str, Any], key: str, where: str, default: float) -> float:
+        value = data.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            self.error(where, f"must be a number of seconds, got {value!r}")
+            return default
+        if not value > 0 or value != value or value == float("inf"):
+            self.error(where, f"must be a finite number of seconds > 0, got {value}")
+            return default
+        return float(value)
+
+    def string(self, data: Mapping[str, Any], key: str, where: str) -> str:
+        value = data.get(key)
+        if not isinstance(value, str) or not value.strip():
+            self.error(where, f"must be a non-empty string, got {value!r}")
+            return ""
+        return value
+
+    def listen(self, value: Any, where: str, default_port: int) -> Listen:
+        data = self.mapping(value, where)
+        self.unknown(data, {"host", "port"}, where)
+        host = data.get("host", "0.0.0.0")
+        if not isinstance(host, str) or not host:
+            self.error(f"{where}.host", f"must be an IP address or host name, got {host!r}")
+            host = "0.0.0.0"
+        # Port 0 asks the kernel for a free port (tests); a deployment names its ports.
+        port = self.integer(data, "port", f"{where}.port", default_port, 0, 65535)
+        return Listen(host, port)
+
+    def url(self, value: Any, where: str) -> str:
+        if not isinstance(value, str) or not value:
+            self.error(where, f"must be a URL such as http://10.0.0.5:8000, got {value!r}")
+            return ""
+        try:
+            parts = urlsplit(value)
+            port = parts.port
+        except ValueError as exc:
+            self.error(where, f"is not a valid URL ({exc}): {value!r}")
+            return ""
+        if parts.scheme not in ("http", "https"):
+            self.error(where, f"must start with http:// or https://, got {value!r}")
+        elif not parts.hostname:
+            self.error(where, f"has no host: {value!r}")
+        elif parts.query or parts.fragment or parts.username or parts.password:
+            self.error(where, f"must not carry a query, fragment or credentials: {value!r}")
+        elif port == 0:
+            self.error(where, f"port 0 is not a worker's port: {value!r}")
+        else:
+            return value.rstrip("/")
+        return ""
+
+
+def _pools(check: _Checker, value: Any) -> tuple[PoolConfig, ...]:
+    if not isinstance(value, list) or not value:
+        check.error("pools", "must be a non-empty list: one pool per served model name")
+        return ()
+    pools: list[PoolConfig] = []
+    models: dict[str, str] = {}
+    names: dict[str, str] = {}
+    for i, raw in enumerate(value):
+        where = f"pools[{i}]"
+        data = check.mapping(raw, where)
+        check.unknown(data, {"model", "workers", "queue_size", "queue_timeout_s",
+                             "request_timeout_s"}, where)
+        model = check.string(data, "model", f"{where}.model")
+        if model and model in models:
+            check.error(f"{where}.model", f"duplicate served model name {model!r} "
+                        f"(also {models[model]})")
+        elif model:
+            models[model] = f"{where}.model"
+        queue_size = check.integer(data, "queue_size", f"{where}.queue_size", 100, 1)
+        queue_timeout = check.seconds(data, "queue_timeout_s", f"{where}.queue_timeout_s", 30.0)
+        request_timeout = check.seconds(data, "request_timeout_s", f"{where}.request_timeout_s",
+                                        600.0)
+        raw_workers = data.get("workers")
+        if not isinstance(raw_workers, list) or not raw_workers:
+            check.error(f"{where}.workers", "must be a non-empty list of workers")
+            raw_workers = []
+        workers: list[WorkerConfig] = []
+        for j, raw_worker in enumerate(raw_workers):
+            wwhere = f"{where}.workers[{j}]"
+            wdata = check.mapping(raw_worker, wwhere)
+            check.unknown(wdata, {"name", "url", "capacity"}, wwhere)
+            name = check.string(wdata, "name", f"{wwhere}.name")
+            if name and name in names:
+                check.error(f"{wwhere}.name", f"duplicate worker name {name!r} "
+                            f"(also {names[name]})")
+            elif name:
+                names[name] = f"{wwhere}.name"
+            url = check.url(wdata.get("url"), f"{wwhere}.url")
+            capacity = check.integer(wdata, "capacity", f"{wwhere}.capacity", 1, 1)
+            if "capacity" not in wdata:
+                check.error(f"{wwhere}.capacity", "is required (the worker's max-num-seqs)")
+            workers.append(WorkerConfig(name, url, capacity))
+        pools.append(PoolConfig(model, tuple(workers), queue_size, queue_timeout,
+                                request_timeout))
+    return tuple(pools)
+
+
+def _same_address(a: Listen, b: Listen) -> bool:
+    if a.port != b.port or a.port == 0:
+        return False
+    if a.host == b.host:
+        return True
+    try:  # a wildcard address clashes with every address on the same port
+        return any(ipaddress.ip_address(h).is_unspecified for h in (a.host, b.host))
+    except ValueError:
+        return False
+
+
+def parse(data: Any) -> Config:
+    """Validates plain data (a parsed YAML document); raises ConfigError listing every problem."""
+    check = _Checker()
+    top = check.mapping(data, "(top level)") if data is not None else {}
+    if data is None:
+        check.error("(top level)", "the file is empty")
+    check.unknown(top, {"api", "metrics", "pools", "health", "connect_timeout_s",
+                        "connect_retries", "shutdown_timeout_s", "retry_after_s",
+                        "max_body_bytes"}, "")
+    api = check.listen(top.get("api"), "api", DEFAULT_API_PORT)
+    metrics = check.listen(top.get("metrics"), "metrics", DEFAULT_METRICS_PORT)
+    if _same_address(api, metrics):
+        check.error("metrics.port", f"clashes with api.port ({api.port}): the API and "
+                    "/metrics must listen on separate ports")
+    hdata = check.mapping(top.get("health"), "health")
+    check.unknown(hdata, {"interval_s", "timeout_s", "rise", "fall"}, "health")
+    health = HealthConfig(
+        interval_s=check.seconds(hdata, "interval_s", "health.interval_s", 5.0),
+        timeout_s=check.seconds(hdata, "timeout_s", "health.timeout_s", 2.0),
+        rise=check.integer(hdata, "rise", "health.rise", 2, 1),
+        fall=check.integer(hdata, "fall", "health.fall", 3, 1),
+    )
+    if health.timeout_s > health.interval_s:
+        check.error("health.timeout_s", f"must not exceed health.interval_s "
+                    f"({health.timeout_s} > {health.interval_s})")
+    pools = _pools(check, top.get("pools"))
+    config = Config(
+        api=api,
+        metrics=metrics,
+        pools=pools,
+        health=health,
+        connect_timeout_s=check.seconds(top, "connect_timeout_s", "connect_timeout_s", 5.0),
+        connect_retries=check.integer(top, "connect_retries", "connect_retries", 2, 0, 10),
+        shutdown_timeout_s=check.seconds(top, "shutdown_timeout_s", "shutdown_timeout_s", 30.0),
+        retry_after_s=check.integer(top, "retry_after_s", "retry_after_s", 1, 1, 3600),
+        max_body_bytes=check.integer(top, "max_body_bytes", "max_body_bytes", 16 * 1024 * 1024,
+                                     1024),
+    )
+    if check.errors:
+        raise ConfigError(check.errors)
+    return config
+
+
+def load(path: Path) -> Config:
+    """Reads and validates a configuration file; raises ConfigError listing every problem."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError([f"{path}: cannot read: {exc.strerror or exc}"]) from exc
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError([f"{path}: not valid YAML: {exc}"]) from exc
+    return parse(data)

@@ -1,0 +1,161 @@
+"""Workers and pools: least outstanding requests under per-worker caps, behind a bounded FIFO.
+
+A pool serves one model. A request takes a *slot* on a worker (at most ``capacity`` slots per
+worker) before it is sent; when no slot is free it waits in the pool's FIFO queue, which holds
+at most ``queue_size`` requests and for at most ``queue_timeout_s``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import Callable
+
+from gateway.config import PoolConfig, WorkerConfig
+
+
+class AdmissionError(Exception):
+    """The request gets no slot; ``reason`` is its gateway_errors_total reason."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class Worker:
+    """One vLLM instance: its health, drain flag and requests in flight."""
+
+    def __init__(self, config: WorkerConfig, model: str) -> None:
+        self.name = config.name
+        self.url = config.url
+        self.capacity = config.capacity
+        self.model = model
+        self.healthy = False
+        self.draining = False
+        self.in_flight = 0
+        self.checked = False  # at least one health check has finished
+        self.good_streak = 0
+        self.bad_streak = 0
+
+    @property
+    def ready(self) -> bool:
+        """Takes new requests: healthy and not drained (what gateway_worker_up shows)."""
+        return self.healthy and not self.draining
+
+    @property
+    def free(self) -> bool:
+        return self.ready and self.in_flight < self.capacity
+
+    def state(self) -> dict[str, object]:
+        return {
+            "name": self.name,
+            "model": self.model,
+            "url": self.url,
+            "capacity": self.capacity,
+            "healthy": self.healthy,
+            "draining": self.draining,
+            "ready": self.ready,
+            "in_flight": self.in_flight,
+        }
+
+
+class Pool:
+    """The workers of one served model and their admission queue."""
+
+    def __init__(self, config: PoolConfig,
+                 on_change: Callable[[Pool], None] = lambda pool: None) -> None:
+        self.model = config.model
+        self.queue_size = config.queue_size
+        self.queue_timeout_s = config.queue_timeout_s
+        self.request_timeout_s = config.request_timeout_s
+        self.workers = [Worker(w, config.model) for w in config.workers]
+        self._waiters: deque[asyncio.Future[Worker]] = deque()
+        self._next = 0  # where the tie-break between equally loaded workers starts
+        self._on_change = on_change  # queue depth or worker readiness changed
+
+    @property
+    def depth(self) -> int:
+        return len(self._waiters)
+
+    def has_ready(self) -> bool:
+        return any(w.ready for w in self.workers)
+
+    def _pick(self, exclude: Worker | None = None) -> Worker | None:
+        """The free worker with the fewest requests in flight; ties rotate."""
+        best: Worker | None = None
+        n = len(self.workers)
+        for i in range(n):
+            worker = self.workers[(self._next + i) % n]
+            if worker is exclude or not worker.free:
+                continue
+            if best is None or worker.in_flight < best.in_flight:
+                best = worker
+        if best is not None:
+            self._next = (self.workers.index(best) + 1) % n
+            best.in_flight += 1
+        return best
+
+    async def acquire(self, timeout_s: float, *, front: bool = False,
+                      exclude: Worker | None = None) -> Worker:
+        """A slot on a worker, waiting in the FIFO queue if none is free.
+
+        ``front``: a retry after a connect failure goes to the head of the queue, since it
+        already waited its turn. Raises AdmissionError (queue_full, queue_timeout, no_worker).
+        """
+        if not self.has_ready():
+            raise AdmissionError("no_worker")
+        if front or not self._waiters:
+            worker = self._pick(exclude)
+            if worker is not None:
+                return worker
+        if not front and len(self._waiters) >= self.queue_size:
+            raise AdmissionError("queue_full")
+        waiter: asyncio.Future[Worker] = asyncio.get_running_loop().create_future()
+        if front:
+            self._waiters.appendleft(waiter)
+        else:
+            self._waiters.append(waiter)
+        self._on_change(self)
+        try:
+            return await asyncio.wait_for(waiter, timeout_s)
+        except TimeoutError:
+            raise AdmissionError("queue_timeout") from None
+        except asyncio.CancelledError:
+            # The client went away; a slot handed over at the same moment goes back.
+            if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
+                self.release(waiter.result())
+            raise
+        finally:
+            if waiter in self._waiters:
+                self._waiters.remove(waiter)
+                self._on_change(self)
+
+    def release(self, worker: Worker) -> None:
+        """Gives a slot back and hands free slots to the queue's head."""
+        worker.in_flight -= 1
+        self.dispatch()
+
+    def dispatch(self) -> None:
+        """Hands free slots to waiters in FIFO order; fails them all when no worker is ready."""
+        changed = False
+        if not self.has_ready():
+            while self._waiters:
+                waiter = self._waiters.popleft()
+                if not waiter.done():
+                    waiter.set_exception(AdmissionError("no_worker"))
+                changed = True
+        while self._waiters:
+            if self._waiters[0].done():
+                self._waiters.popleft()
+                changed = True
+                continue
+            worker = self._pick()
+            if worker is None:
+                break
+            self._waiters.popleft().set_result(worker)
+            changed = True
+        if changed:
+            self._on_change(self)
+
+    def worker(self, name: str) -> Worker | None:
+        return next((w for w in self.workers if w.name == name), None)

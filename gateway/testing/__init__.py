@@ -1,0 +1,1 @@
+"""Test doubles shared by the gateway's unit tests and its benchmark (fakes, not vLLM)."""
