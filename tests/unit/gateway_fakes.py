@@ -1,0 +1,96 @@
+"""Helpers for the gateway's unit tests: configs, an in-process gateway, metric reads.
+
+The workers behind the gateway are FakeWorker (gateway/testing/fakes.py): fakes, not vLLM.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable, Coroutine
+from typing import Any
+
+import aiohttp
+from prometheus_client.parser import text_string_to_metric_families
+
+from gateway.config import Config, parse
+from gateway.server import Gateway
+from gateway.testing.fakes import FakeWorker
+
+__all__ = ["FakeWorker", "config", "families", "gateway", "run", "sample", "wait_until"]
+
+# Health checks fast enough for tests; a test that must see passive marking alone slows them.
+FAST_HEALTH = {"interval_s": 0.05, "timeout_s": 0.05, "rise": 2, "fall": 2}
+
+
+def config(pools: dict[str, list[tuple[str, str, int]]], **overrides: Any) -> Config:
+    """pools: model -> [(worker name, url, capacity)]; overrides: top-level or pool keys."""
+    pool_keys = {"queue_size", "queue_timeout_s", "request_timeout_s"}
+    data: dict[str, Any] = {
+        "api": {"host": "127.0.0.1", "port": 0},
+        "metrics": {"host": "127.0.0.1", "port": 0},
+        "health": dict(FAST_HEALTH),
+        "shutdown_timeout_s": 5,
+        "pools": [
+            {"model": model,
+             "workers": [{"name": n, "url": u, "capacity": c} for n, u, c in workers],
+             **{k: v for k, v in overrides.items() if k in pool_keys}}
+            for model, workers in pools.items()
+        ],
+    }
+    for key, value in overrides.items():
+        if key == "health":
+            data["health"].update(value)
+        elif key not in pool_keys:
+            data[key] = value
+    return parse(data)
+
+
+@contextlib.asynccontextmanager
+async def gateway(cfg: Config, ready: int | None = None) -> AsyncIterator[Gateway]:
+    """A started in-process gateway; waits until ``ready`` workers (default: all) are up."""
+    gw = Gateway(cfg)
+    await gw.start()
+    try:
+        want = len(gw.all_workers()) if ready is None else ready
+        await wait_until(lambda: sum(w.ready for w in gw.all_workers()) >= want)
+        yield gw
+    finally:
+        await gw.shutdown()
+
+
+def run(coro: Callable[[], Coroutine[Any, Any, None]]) -> None:
+    asyncio.run(coro())
+
+
+async def wait_until(predicate: Callable[[], bool], timeout_s: float = 10.0) -> None:
+    async with asyncio.timeout(timeout_s):
+        while not predicate():
+            await asyncio.sleep(0.005)
+
+
+def families(text: str) -> dict[str, Any]:
+    return {f.name: f for f in text_string_to_metric_families(text)}
+
+
+def sample(gw: Gateway, name: str, **labels: str) -> float:
+    """One sample's value from the gateway's exposition; KeyError when not exposed."""
+    for family in text_string_to_metric_families(gw.metrics.exposition().decode()):
+        for s in family.samples:
+            if s.name == name and s.labels == labels:
+                return float(s.value)
+    raise KeyError(f"{name}{labels} not exposed")
+
+
+def api(gw: Gateway, path: str = "/v1/completions") -> str:
+    return f"http://{gw.api_address[0]}:{gw.api_address[1]}{path}"
+
+
+def admin(gw: Gateway, path: str) -> str:
+    return f"http://{gw.metrics_address[0]}:{gw.metrics_address[1]}{path}"
+
+
+async def post(session: aiohttp.ClientSession, gw: Gateway, model: str = "m",
+               **extra: Any) -> tuple[int, dict[str, str], bytes]:
+    async with session.post(api(gw), json={"model": model, "prompt": "hi", **extra}) as r:
+        return r.status, dict(r.headers), await r.read()
