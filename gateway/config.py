@@ -238,7 +238,8 @@ def parse(data: Any) -> Config:
         rise=check.integer(hdata, "rise", "health.rise", 2, 1),
         fall=check.integer(hdata, "fall", "health.fall", 3, 1),
     )
-    if health.timeout_s > health.interval_s:
+    already = any(e.startswith(("health.timeout_s:", "health.interval_s:")) for e in check.errors)
+    if health.timeout_s > health.interval_s and not already:
         check.error("health.timeout_s", f"must not exceed health.interval_s "
                     f"({health.timeout_s} > {health.interval_s})")
     pools = _pools(check, top.get("pools"))

@@ -7,7 +7,8 @@ Semantics (gateway/README.md, "Metrics"):
 * ``gateway_request_latency_seconds{model}``: once per request dispatched to a worker, from
   arrival to the last byte written to the client (queue wait included).
 * ``gateway_queue_depth{model}``: requests waiting in that pool's queue now.
-* ``gateway_queue_wait_seconds{model}``: once per dispatched request, arrival to dispatch.
+* ``gateway_queue_wait_seconds{model}``: once per dispatched request, at dispatch: arrival
+  to dispatch (0 when a slot was free).
 * ``gateway_errors_total{model,reason}``: at most once per client request, for a failure the
   client saw; every reason exists at 0 from start-up for every pool and for ``model=""``.
 * ``gateway_worker_up{worker,model}``: 1 when the worker takes new requests (healthy and not

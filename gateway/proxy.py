@@ -150,6 +150,7 @@ class Api:
                                retry_after=True)
         ex.dispatched = True
         ex.queue_wait_s = time.monotonic() - ex.started
+        self.gw.metrics.queue_wait.labels(model=model).observe(ex.queue_wait_s)
         return await self._forward(request, body, pool, worker, ex)
 
     def _upstream_headers(self, request: web.Request, ex: Exchange) -> dict[str, str]:

@@ -125,7 +125,6 @@ class Gateway:
         duration = time.monotonic() - ex.started
         if ex.dispatched:
             m.latency.labels(model=ex.model).observe(duration)
-            m.queue_wait.labels(model=ex.model).observe(ex.queue_wait_s)
         logs.event(self.log, "request", request_id=ex.request_id, method=ex.method,
                    path=ex.path, model=ex.model, code=ex.code, reason=ex.reason,
                    worker=ex.worker, queue_wait_s=round(ex.queue_wait_s, 6),
