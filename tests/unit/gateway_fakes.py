@@ -59,8 +59,13 @@ async def gateway(cfg: Config, ready: int | None = None) -> AsyncIterator[Gatewa
         await gw.shutdown()
 
 
-def run(coro: Callable[[], Coroutine[Any, Any, None]]) -> None:
-    asyncio.run(coro())
+def run(coro: Callable[[], Coroutine[Any, Any, None]], timeout_s: float = 30.0) -> None:
+    """Runs one test scenario in a fresh event loop; a hang fails it instead of the suite."""
+
+    async def bounded() -> None:
+        await asyncio.wait_for(coro(), timeout_s)
+
+    asyncio.run(bounded())
 
 
 async def wait_until(predicate: Callable[[], bool], timeout_s: float = 10.0) -> None:
