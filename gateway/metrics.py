@@ -40,6 +40,7 @@ REASONS = (
     "upstream_5xx",  # the worker answered 5xx (passed through)
     "upstream_4xx",  # the worker answered 4xx (passed through; e.g. a bad API key)
     "client_disconnect",  # the client went away before the response was complete
+    "internal_error",  # 500: a bug in the gateway (logged with its traceback)
 )
 
 # From 5 ms (a fast answer) to 10 minutes (a long generation on a CPU worker).

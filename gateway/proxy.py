@@ -81,6 +81,12 @@ class Api:
             try:
                 response: web.StreamResponse = await handler(request, ex)
                 return response
+            except Exception:
+                # A bug, not a client's or a worker's doing: logged, counted, answered 500.
+                self.gw.log.exception("internal_error")
+                ex.code, ex.reason = 500, "internal_error"
+                return web.json_response(error_body(500, "Internal gateway error",
+                                                    "InternalServerError"), status=500)
             except asyncio.CancelledError:
                 # The client disconnected (aiohttp cancels the handler), or the shutdown
                 # timeout ran out with this request still in flight.
@@ -218,15 +224,17 @@ class Api:
                         response.headers.add(key, value)
                 if upstream.content_length is not None:
                     response.content_length = upstream.content_length
-                await response.prepare(request)
-                async for chunk in upstream.content.iter_any():
-                    try:
+                try:
+                    await response.prepare(request)
+                    async for chunk in upstream.content.iter_any():
                         await response.write(chunk)
-                    except ConnectionError:
-                        ex.code, ex.reason = CLIENT_CLOSED, "client_disconnect"
-                        upstream.close()  # the worker sees the disconnect and aborts
-                        return response
-                await response.write_eof()
+                    await response.write_eof()
+                except ConnectionError:
+                    # Writing to the client failed: it went away. (aiohttp's errors reading
+                    # from the worker are ClientErrors, not ConnectionErrors.)
+                    ex.code, ex.reason = CLIENT_CLOSED, "client_disconnect"
+                    upstream.close()  # the worker sees the disconnect and aborts
+                    return response
                 upstream.release()
                 return response
         except TimeoutError:
