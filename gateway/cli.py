@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import signal
 import sys
 from collections.abc import Sequence
@@ -42,20 +43,23 @@ def parser() -> argparse.ArgumentParser:
 
 
 async def serve(config: Config, log_level: str) -> int:
-    logger = logs.setup(log_level)
-    gateway = Gateway(config, logger)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+    logger, writer = logs.setup(log_level)
     try:
-        await gateway.start()
-    except OSError as exc:
-        logs.event(logger, "start_failed", error=str(exc))
-        return EXIT_FAILED
-    await stop.wait()
-    await gateway.shutdown()
-    return EXIT_OK
+        gateway = Gateway(config, logger)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        try:
+            await gateway.start()
+        except OSError as exc:
+            logs.event(logger, "start_failed", logging.ERROR, error=str(exc))
+            return EXIT_FAILED
+        await stop.wait()
+        await gateway.shutdown()
+        return EXIT_OK
+    finally:
+        writer.stop()  # flushes the log
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 import logging
+import logging.handlers
+import queue
 import sys
 import time
 from typing import Any
@@ -30,17 +32,36 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, default=str)
 
 
-def setup(level: str) -> logging.Logger:
-    """The gateway's logger, writing JSON lines to stderr."""
+class _Enqueue(logging.handlers.QueueHandler):
+    """Hands records to the writer thread as they are: formatting happens there too."""
+
+    def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
+        return record
+
+
+def setup(level: str) -> tuple[logging.Logger, logging.handlers.QueueListener]:
+    """The gateway's logger, writing JSON lines to stderr from a thread of its own.
+
+    The event loop only enqueues records: a slow or blocked stderr (journald under pressure)
+    never stalls request handling, and the write system call is off the loop. Stop the
+    returned listener at exit to flush.
+    """
     logger = logging.getLogger(LOGGER)
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter())
-    logger.handlers[:] = [handler]
+    records: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
+    listener = logging.handlers.QueueListener(records, handler)
+    logger.handlers[:] = [_Enqueue(records)]
     logger.setLevel(level.upper())
     logger.propagate = False
-    return logger
+    listener.start()
+    return logger, listener
 
 
 def event(logger: logging.Logger, name: str, level: int = logging.INFO, **fields: Any) -> None:
+    """Logs one event with its fields. Made by hand rather than with logger.log(): that
+    looks up the caller's file and line by walking the stack, per request."""
     if logger.isEnabledFor(level):
-        logger.log(level, name, extra={"fields": fields})
+        record = logger.makeRecord(logger.name, level, "", 0, name, (), None,
+                                   extra={"fields": fields})
+        logger.handle(record)

@@ -98,10 +98,13 @@ class Metrics:
         for model in (NO_MODEL, *models):
             for reason in REASONS:
                 self.errors.labels(model=model, reason=reason)
+        self._requests: dict[tuple[str, int], Counter] = {}
+        self._latency: dict[str, Histogram] = {}
+        self._queue_wait: dict[str, Histogram] = {}
         for model in models:
             self.queue_depth.labels(model=model).set(0)
-            self.latency.labels(model=model)
-            self.queue_wait.labels(model=model)
+            self._latency[model] = self.latency.labels(model=model)
+            self._queue_wait[model] = self.queue_wait.labels(model=model)
         for worker, model in workers:
             self.worker_up.labels(worker=worker, model=model).set(0)
         self.registry = CollectorRegistry(auto_describe=False)
@@ -109,6 +112,23 @@ class Metrics:
             self.requests, self.latency, self.queue_depth, self.queue_wait, self.errors,
             self.worker_up,
         ]))
+
+    def finished(self, model: str, code: int, reason: str | None,
+                 latency_s: float | None) -> None:
+        """One client request is over: requests_total, errors_total and (when it was
+        dispatched) the latency histogram. Label children are cached: this runs per request."""
+        key = (model, code)
+        counter = self._requests.get(key)
+        if counter is None:
+            counter = self._requests[key] = self.requests.labels(model=model, code=str(code))
+        counter.inc()
+        if reason is not None:
+            self.errors.labels(model=model, reason=reason).inc()
+        if latency_s is not None:
+            self._latency[model].observe(latency_s)
+
+    def dispatched(self, model: str, queue_wait_s: float) -> None:
+        self._queue_wait[model].observe(queue_wait_s)
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

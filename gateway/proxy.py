@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import aiohttp
 from aiohttp import web
+from multidict import CIMultiDict
 
 from gateway.metrics import NO_MODEL
 from gateway.pool import AdmissionError, Pool, Worker
@@ -32,6 +33,7 @@ HOP_BY_HOP = frozenset({
 })
 ADMISSION_STATUS = {"queue_full": 429, "queue_timeout": 503, "no_worker": 503}
 CLIENT_CLOSED = 499  # nginx's code for "the client closed the connection first"
+WHOLE_BODY_MAX = 1024 * 1024  # plain answers up to this size are relayed in one write
 
 
 @dataclass
@@ -156,7 +158,7 @@ class Api:
                                retry_after=True)
         ex.dispatched = True
         ex.queue_wait_s = time.monotonic() - ex.started
-        self.gw.metrics.queue_wait.labels(model=model).observe(ex.queue_wait_s)
+        self.gw.metrics.dispatched(model, ex.queue_wait_s)
         return await self._forward(request, body, pool, worker, ex)
 
     def _upstream_headers(self, request: web.Request, ex: Exchange) -> dict[str, str]:
@@ -218,12 +220,21 @@ class Api:
                     ex.reason = "upstream_5xx"
                 elif upstream.status >= 400:
                     ex.reason = "upstream_4xx"
-                response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
-                for key, value in upstream.headers.items():
-                    if key.lower() not in HOP_BY_HOP:
-                        response.headers.add(key, value)
-                if upstream.content_length is not None:
-                    response.content_length = upstream.content_length
+                headers = CIMultiDict((k, v) for k, v in upstream.headers.items()
+                                      if k.lower() not in HOP_BY_HOP)
+                length = upstream.content_length
+                if length is not None and length <= WHOLE_BODY_MAX:
+                    # A plain answer of known, small size (a non-streamed completion): read
+                    # whole and written in one go. Streams (SSE: no Content-Length) and large
+                    # bodies take the chunk-by-chunk path below.
+                    data = await upstream.read()
+                    upstream.release()
+                    return web.Response(status=upstream.status, reason=upstream.reason,
+                                        body=data, headers=headers)
+                response = web.StreamResponse(status=upstream.status, reason=upstream.reason,
+                                              headers=headers)
+                if length is not None:
+                    response.content_length = length
                 try:
                     await response.prepare(request)
                     async for chunk in upstream.content.iter_any():

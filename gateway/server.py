@@ -118,13 +118,8 @@ class Gateway:
                 self._idle.set()
         if not ex.counted:
             return
-        m = self.metrics
-        m.requests.labels(model=ex.model, code=str(ex.code)).inc()
-        if ex.reason is not None:
-            m.errors.labels(model=ex.model, reason=ex.reason).inc()
         duration = time.monotonic() - ex.started
-        if ex.dispatched:
-            m.latency.labels(model=ex.model).observe(duration)
+        self.metrics.finished(ex.model, ex.code, ex.reason, duration if ex.dispatched else None)
         logs.event(self.log, "request", request_id=ex.request_id, method=ex.method,
                    path=ex.path, model=ex.model, code=ex.code, reason=ex.reason,
                    worker=ex.worker, queue_wait_s=round(ex.queue_wait_s, 6),
