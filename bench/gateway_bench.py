@@ -1,0 +1,338 @@
+"""Benchmark: the latency the gateway adds, its throughput, HAProxy as the anchor, and least
+outstanding requests against round robin.
+
+    .venv/bin/python bench/gateway_bench.py [--seconds 3] [--json]      (make bench-gateway)
+
+(Not bench/gateway.py: run as a script, that name would shadow the gateway package on
+sys.path, and mypy would see two modules named "gateway".)
+
+Everything runs on 127.0.0.1, each in its own process: the fake backend (FakeWorker from
+gateway/testing/fakes.py: a fake, not vLLM, answering a small JSON completion at once), the
+vllm-gateway process (its real CLI, access log on, written to a file), HAProxy from Debian
+(``balance leastconn``, ``nbthread 1``: one core, like the gateway's one asyncio process), and
+the load generator (this process: aiohttp, closed loop, ``concurrency`` requests in flight).
+
+1. Added latency: p50 and p99 through the gateway minus the same direct to the backend, at
+   concurrency 1, 64 and 256, with requests per second; HAProxy measured in the same run, and
+   the gateway's added p50 as a ratio of HAProxy's. Without a haproxy binary its rows say so.
+2. Least outstanding vs round robin: two fake workers, one 20x slower (5 ms and 100 ms), at
+   concurrency 8; p50, p95 and requests per second. Round robin is the same gateway with its
+   pick replaced (``--serve-round-robin``, a bench-only entry point), not a product option.
+
+The figures are for comparing the rows of one run on one machine; the load generator shares
+the CPUs with what it measures. Nothing is asserted about them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+PYTHON = sys.executable
+GATEWAY = Path(PYTHON).with_name("vllm-gateway")
+BODY = json.dumps({"model": "bench", "prompt": "hello", "max_tokens": 1}).encode()
+CONCURRENCY = (1, 64, 256)
+GOAL_P50_ADDED_MS = 1.0  # at concurrency 64
+FAST_MS, SLOW_MS, BALANCE_CONCURRENCY = 5, 100, 8  # the two unequal workers
+
+
+@dataclass
+class Measure:
+    target: str
+    concurrency: int
+    requests: int
+    errors: int
+    rps: float
+    p50_ms: float
+    p95_ms: float
+    p99_ms: float
+    # CPU (user + system) the proxy process spent per request; for "direct", the fake's own.
+    # Steadier than latency on a shared machine: it does not count time spent waiting.
+    cpu_us_per_request: float | None = None
+
+
+def cpu_seconds(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_port(port: int, proc: subprocess.Popen[Any], timeout_s: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{proc.args!r} exited with {proc.returncode}")
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise RuntimeError(f"port {port} not listening after {timeout_s} s")
+
+
+@contextmanager
+def process(args: list[str], port: int, log: Path) -> Iterator[subprocess.Popen[Any]]:
+    with log.open("wb") as out:
+        proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        wait_port(port, proc)
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def fake_worker(port: int, delay_ms: float, tmp: Path) -> Any:
+    return process([PYTHON, "-m", "gateway.testing.fakes", "--port", str(port),
+                    "--delay-ms", str(delay_ms)], port, tmp / f"fake-{port}.log")
+
+
+def gateway(workers: list[int], capacity: int, tmp: Path, round_robin: bool = False) -> Any:
+    api, metrics = free_port(), free_port()
+    cfg = {
+        "api": {"host": "127.0.0.1", "port": api},
+        "metrics": {"host": "127.0.0.1", "port": metrics},
+        "pools": [{"model": "bench", "queue_size": 10000, "workers": [
+            {"name": f"w{i}", "url": f"http://127.0.0.1:{port}", "capacity": capacity}
+            for i, port in enumerate(workers)]}],
+        "health": {"interval_s": 5, "timeout_s": 1, "rise": 1, "fall": 3},
+    }
+    path = tmp / f"gateway-{api}.yml"
+    path.write_text(yaml.safe_dump(cfg))
+    args = ([PYTHON, __file__, "--serve-round-robin", str(path)] if round_robin
+            else [str(GATEWAY), "--config", str(path)])
+    return api, process(args, api, tmp / f"gateway-{api}.log")
+
+
+def haproxy(backend: int, tmp: Path) -> Any:
+    port = free_port()
+    cfg = tmp / "haproxy.cfg"
+    cfg.write_text(f"""global
+    nbthread 1
+    maxconn 4000
+defaults
+    mode http
+    timeout connect 5s
+    timeout client 60s
+    timeout server 60s
+    timeout queue 30s
+    option http-keep-alive
+frontend bench
+    bind 127.0.0.1:{port}
+    default_backend workers
+backend workers
+    balance leastconn
+    server w0 127.0.0.1:{backend} maxconn 1024
+""")
+    binary = shutil.which("haproxy") or "/usr/sbin/haproxy"
+    return port, process([binary, "-f", str(cfg), "-db"], port, tmp / "haproxy.log")
+
+
+async def load(target: str, port: int, concurrency: int, seconds: float,
+               pid: int | None = None) -> Measure:
+    url = f"http://127.0.0.1:{port}/v1/completions"
+    headers = {"Content-Type": "application/json"}
+    latencies: list[float] = []
+    errors = 0
+    loop = asyncio.get_running_loop()
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    async with aiohttp.ClientSession(connector=connector) as session:
+
+        async def one(until: float, record: bool) -> None:
+            nonlocal errors
+            while loop.time() < until:
+                started = time.perf_counter()
+                try:
+                    async with session.post(url, data=BODY, headers=headers) as response:
+                        await response.read()
+                        ok = response.status == 200
+                except aiohttp.ClientError:
+                    ok = False
+                if record:
+                    latencies.append(time.perf_counter() - started)
+                    errors += not ok
+
+        warm = loop.time() + min(0.5, seconds / 4)
+        await asyncio.gather(*(one(warm, False) for _ in range(concurrency)))
+        began = time.perf_counter()
+        cpu_before = cpu_seconds(pid) if pid else 0.0
+        until = loop.time() + seconds
+        await asyncio.gather(*(one(until, True) for _ in range(concurrency)))
+        elapsed = time.perf_counter() - began
+        cpu = (cpu_seconds(pid) - cpu_before) / len(latencies) * 1e6 if pid else None
+    q = statistics.quantiles(latencies, n=100, method="inclusive")
+    return Measure(target, concurrency, len(latencies), errors, len(latencies) / elapsed,
+                   q[49] * 1000, q[94] * 1000, q[98] * 1000, cpu)
+
+
+def added_latency(seconds: float, tmp: Path) -> tuple[list[Measure], str | None]:
+    rows: list[Measure] = []
+    backend = free_port()
+    have_haproxy = shutil.which("haproxy") or Path("/usr/sbin/haproxy").exists()
+    note = None if have_haproxy else "haproxy: no binary (apt-get install -y haproxy); skipped"
+    with fake_worker(backend, 0, tmp) as fake:
+        api, gw = gateway([backend], 1024, tmp)
+        with gw as gw_proc:
+            targets = [("direct", backend, fake.pid), ("vllm-gateway", api, gw_proc.pid)]
+            if have_haproxy:
+                hport, hp = haproxy(backend, tmp)
+                with hp as hp_proc:
+                    targets.append(("haproxy", hport, hp_proc.pid))
+                    rows = run_targets(targets, seconds)
+            else:
+                rows = run_targets(targets, seconds)
+    return rows, note
+
+
+def run_targets(targets: list[tuple[str, int, int]], seconds: float) -> list[Measure]:
+    rows = []
+    for concurrency in CONCURRENCY:
+        for name, port, pid in targets:
+            rows.append(asyncio.run(load(name, port, concurrency, seconds, pid)))
+    return rows
+
+
+def balance(seconds: float, tmp: Path) -> list[Measure]:
+    fast, slow = free_port(), free_port()
+    rows = []
+    with fake_worker(fast, FAST_MS, tmp), fake_worker(slow, SLOW_MS, tmp):
+        for name, rr in (("least outstanding", False), ("round robin", True)):
+            api, gw = gateway([fast, slow], 64, tmp, round_robin=rr)
+            with gw as proc:
+                rows.append(asyncio.run(load(name, api, BALANCE_CONCURRENCY, seconds,
+                                             proc.pid)))
+    return rows
+
+
+def serve_round_robin(config: str) -> int:
+    """The gateway with round robin in place of least outstanding (this benchmark only)."""
+    from gateway import cli
+    from gateway.pool import Pool, Worker
+
+    def pick(self: Pool, exclude: Worker | None = None) -> Worker | None:
+        n = len(self.workers)
+        for i in range(n):
+            worker = self.workers[(self._next + i) % n]
+            if worker is not exclude and worker.free:
+                self._next = (self._next + i + 1) % n
+                worker.in_flight += 1
+                return worker
+        return None
+
+    Pool._pick = pick  # type: ignore[method-assign]
+    return cli.main(["--config", config])
+
+
+def report(rows: list[Measure], lor: list[Measure], note: str | None) -> dict[str, Any]:
+    by = {(m.target, m.concurrency): m for m in rows}
+    added: list[dict[str, Any]] = []
+    for c in CONCURRENCY:
+        direct = by[("direct", c)]
+        for target in ("vllm-gateway", "haproxy"):
+            m = by.get((target, c))
+            if m is None:
+                continue
+            added.append({"target": target, "concurrency": c,
+                          "added_p50_ms": m.p50_ms - direct.p50_ms,
+                          "added_p99_ms": m.p99_ms - direct.p99_ms, "rps": m.rps,
+                          "direct_rps": direct.rps, "errors": m.errors})
+    ratios = {}
+    for c in CONCURRENCY:
+        g, h = by.get(("vllm-gateway", c)), by.get(("haproxy", c))
+        d = by[("direct", c)]
+        if g and h and h.p50_ms - d.p50_ms > 0:
+            ratios[str(c)] = (g.p50_ms - d.p50_ms) / (h.p50_ms - d.p50_ms)
+    g64 = next(a for a in added if a["target"] == "vllm-gateway" and a["concurrency"] == 64)
+    return {
+        "measures": [asdict(m) for m in rows],
+        "added": added,
+        "gateway_to_haproxy_added_p50_ratio": ratios,
+        "balance": [asdict(m) for m in lor],
+        "goal": {"p50_added_ms_at_64": GOAL_P50_ADDED_MS,
+                 "measured_ms": g64["added_p50_ms"],
+                 "met": g64["added_p50_ms"] <= GOAL_P50_ADDED_MS},
+        "notes": [note] if note else [],
+        "cpus": os.cpu_count(),
+    }
+
+
+def table(result: dict[str, Any]) -> str:
+    lines = ["Added latency (vs direct to the fake backend), 127.0.0.1, closed loop",
+             f"{'target':<14}{'conc':>5}{'rps':>9}{'p50 ms':>9}{'p99 ms':>9}"
+             f"{'+p50 ms':>9}{'+p99 ms':>9}{'cpu us/req':>11}{'errors':>7}"]
+    added = {(a["target"], a["concurrency"]): a for a in result["added"]}
+    for m in result["measures"]:
+        a = added.get((m["target"], m["concurrency"]))
+        plus = (f"{a['added_p50_ms']:>9.2f}{a['added_p99_ms']:>9.2f}" if a
+                else f"{'-':>9}{'-':>9}")
+        cpu = m["cpu_us_per_request"]
+        lines.append(f"{m['target']:<14}{m['concurrency']:>5}{m['rps']:>9.0f}"
+                     f"{m['p50_ms']:>9.2f}{m['p99_ms']:>9.2f}{plus}"
+                     f"{cpu if cpu is None else round(cpu):>11}{m['errors']:>7}")
+    for c, r in result["gateway_to_haproxy_added_p50_ratio"].items():
+        lines.append(f"gateway / haproxy added p50 at concurrency {c}: {r:.1f}x")
+    lines.append("cpu us/req: the proxy process's own CPU per request (direct: the fake's)")
+    lines.extend(result["notes"])
+    goal = result["goal"]
+    lines.append(f"goal: added p50 <= {goal['p50_added_ms_at_64']} ms at concurrency 64: "
+                 f"{goal['measured_ms']:.2f} ms, {'met' if goal['met'] else 'NOT met'}")
+    lines += ["", f"Two fake workers, {FAST_MS} ms and {SLOW_MS} ms, concurrency "
+              f"{BALANCE_CONCURRENCY}, through vllm-gateway",
+              f"{'policy':<20}{'rps':>9}{'p50 ms':>9}{'p95 ms':>9}{'p99 ms':>9}{'errors':>7}"]
+    for m in result["balance"]:
+        lines.append(f"{m['target']:<20}{m['rps']:>9.0f}{m['p50_ms']:>9.2f}"
+                     f"{m['p95_ms']:>9.2f}{m['p99_ms']:>9.2f}{m['errors']:>7}")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    p.add_argument("--seconds", type=float, default=3.0, help="per measurement (default 3)")
+    p.add_argument("--json", action="store_true", help="print JSON (the table to stderr)")
+    p.add_argument("--serve-round-robin", metavar="CONFIG", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.serve_round_robin:
+        return serve_round_robin(args.serve_round_robin)
+    with tempfile.TemporaryDirectory(prefix="bench-gateway-") as tmp:
+        rows, note = added_latency(args.seconds, Path(tmp))
+        lor = balance(args.seconds, Path(tmp))
+    result = report(rows, lor, note)
+    if args.json:
+        print(table(result), file=sys.stderr)
+        print(json.dumps(result, indent=2))
+    else:
+        print(table(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
