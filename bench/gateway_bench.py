@@ -11,6 +11,8 @@ gateway/testing/fakes.py: a fake, not vLLM, answering a small JSON completion at
 vllm-gateway process (its real CLI, access log on, written to a file), HAProxy from Debian
 (``balance leastconn``, ``nbthread 1``: one core, like the gateway's one asyncio process), and
 the load generator (this process: aiohttp, closed loop, ``concurrency`` requests in flight).
+The targets compared in a table take turns (4 slices each), so the machine's load at any
+moment falls on all of them alike.
 
 1. Added latency: p50 and p99 through the gateway minus the same direct to the backend, at
    concurrency 1, 64 and 256, with requests per second; HAProxy measured in the same run, and
@@ -53,6 +55,7 @@ BODY = json.dumps({"model": "bench", "prompt": "hello", "max_tokens": 1}).encode
 CONCURRENCY = (1, 64, 256)
 GOAL_P50_ADDED_MS = 1.0  # at concurrency 64
 FAST_MS, SLOW_MS, BALANCE_CONCURRENCY = 5, 100, 8  # the two unequal workers
+SLICES = 4  # each measurement is taken in this many interleaved turns
 
 
 @dataclass
@@ -157,18 +160,32 @@ backend workers
     return port, process([binary, "-f", str(cfg), "-db"], port, tmp / "haproxy.log")
 
 
-async def load(target: str, port: int, concurrency: int, seconds: float,
-               pid: int | None = None) -> Measure:
+@dataclass
+class Samples:
+    """One target's latencies at one concurrency, gathered over interleaved slices."""
+
+    latencies: list[float]
+    errors: int = 0
+    elapsed_s: float = 0.0
+    cpu_s: float = 0.0
+
+    def measure(self, target: str, concurrency: int, with_cpu: bool) -> Measure:
+        n = len(self.latencies)
+        q = statistics.quantiles(self.latencies, n=100, method="inclusive")
+        return Measure(target, concurrency, n, self.errors, n / self.elapsed_s, q[49] * 1000,
+                       q[94] * 1000, q[98] * 1000, self.cpu_s / n * 1e6 if with_cpu else None)
+
+
+async def load(port: int, concurrency: int, seconds: float, pid: int | None,
+               into: Samples) -> None:
+    """A closed loop of ``concurrency`` clients for ``seconds`` (after a short warm-up)."""
     url = f"http://127.0.0.1:{port}/v1/completions"
     headers = {"Content-Type": "application/json"}
-    latencies: list[float] = []
-    errors = 0
     loop = asyncio.get_running_loop()
     connector = aiohttp.TCPConnector(limit=concurrency)
     async with aiohttp.ClientSession(connector=connector) as session:
 
         async def one(until: float, record: bool) -> None:
-            nonlocal errors
             while loop.time() < until:
                 started = time.perf_counter()
                 try:
@@ -178,20 +195,28 @@ async def load(target: str, port: int, concurrency: int, seconds: float,
                 except aiohttp.ClientError:
                     ok = False
                 if record:
-                    latencies.append(time.perf_counter() - started)
-                    errors += not ok
+                    into.latencies.append(time.perf_counter() - started)
+                    into.errors += not ok
 
-        warm = loop.time() + min(0.5, seconds / 4)
+        warm = loop.time() + min(0.2, seconds / 4)
         await asyncio.gather(*(one(warm, False) for _ in range(concurrency)))
         began = time.perf_counter()
         cpu_before = cpu_seconds(pid) if pid else 0.0
         until = loop.time() + seconds
         await asyncio.gather(*(one(until, True) for _ in range(concurrency)))
-        elapsed = time.perf_counter() - began
-        cpu = (cpu_seconds(pid) - cpu_before) / len(latencies) * 1e6 if pid else None
-    q = statistics.quantiles(latencies, n=100, method="inclusive")
-    return Measure(target, concurrency, len(latencies), errors, len(latencies) / elapsed,
-                   q[49] * 1000, q[94] * 1000, q[98] * 1000, cpu)
+        into.elapsed_s += time.perf_counter() - began
+        into.cpu_s += cpu_seconds(pid) - cpu_before if pid else 0.0
+
+
+def interleaved(targets: list[tuple[str, int, int]], concurrency: int,
+                seconds: float) -> list[Measure]:
+    """Each target gets ``seconds`` in all, in SLICES turns taken in rotation, so a change in
+    the machine's load during the run falls on every target alike."""
+    samples = {name: Samples([]) for name, _, _ in targets}
+    for _ in range(SLICES):
+        for name, port, pid in targets:
+            asyncio.run(load(port, concurrency, seconds / SLICES, pid, samples[name]))
+    return [samples[name].measure(name, concurrency, True) for name, _, _ in targets]
 
 
 def added_latency(seconds: float, tmp: Path) -> tuple[list[Measure], str | None]:
@@ -214,22 +239,18 @@ def added_latency(seconds: float, tmp: Path) -> tuple[list[Measure], str | None]
 
 
 def run_targets(targets: list[tuple[str, int, int]], seconds: float) -> list[Measure]:
-    rows = []
-    for concurrency in CONCURRENCY:
-        for name, port, pid in targets:
-            rows.append(asyncio.run(load(name, port, concurrency, seconds, pid)))
-    return rows
+    return [m for concurrency in CONCURRENCY for m in interleaved(targets, concurrency, seconds)]
 
 
 def balance(seconds: float, tmp: Path) -> list[Measure]:
     fast, slow = free_port(), free_port()
-    rows = []
     with fake_worker(fast, FAST_MS, tmp), fake_worker(slow, SLOW_MS, tmp):
-        for name, rr in (("least outstanding", False), ("round robin", True)):
-            api, gw = gateway([fast, slow], 64, tmp, round_robin=rr)
-            with gw as proc:
-                rows.append(asyncio.run(load(name, api, BALANCE_CONCURRENCY, seconds,
-                                             proc.pid)))
+        lor_api, lor = gateway([fast, slow], 64, tmp)
+        rr_api, rr = gateway([fast, slow], 64, tmp, round_robin=True)
+        with lor as lor_proc, rr as rr_proc:
+            rows = interleaved([("least outstanding", lor_api, lor_proc.pid),
+                                ("round robin", rr_api, rr_proc.pid)],
+                               BALANCE_CONCURRENCY, seconds)
     return rows
 
 
