@@ -259,11 +259,11 @@ def serve_round_robin(config: str) -> int:
     from gateway import cli
     from gateway.pool import Pool, Worker
 
-    def pick(self: Pool, exclude: Worker | None = None) -> Worker | None:
+    def pick(self: Pool) -> Worker | None:
         n = len(self.workers)
         for i in range(n):
             worker = self.workers[(self._next + i) % n]
-            if worker is not exclude and worker.free:
+            if worker.free:
                 self._next = (self._next + i + 1) % n
                 worker.in_flight += 1
                 return worker

@@ -80,13 +80,13 @@ class Pool:
     def has_ready(self) -> bool:
         return any(w.ready for w in self.workers)
 
-    def _pick(self, exclude: Worker | None = None) -> Worker | None:
+    def _pick(self) -> Worker | None:
         """The free worker with the fewest requests in flight; ties rotate."""
         best: Worker | None = None
         n = len(self.workers)
         for i in range(n):
             worker = self.workers[(self._next + i) % n]
-            if worker is exclude or not worker.free:
+            if not worker.free:
                 continue
             if best is None or worker.in_flight < best.in_flight:
                 best = worker
@@ -95,8 +95,7 @@ class Pool:
             best.in_flight += 1
         return best
 
-    async def acquire(self, timeout_s: float, *, front: bool = False,
-                      exclude: Worker | None = None) -> Worker:
+    async def acquire(self, timeout_s: float, *, front: bool = False) -> Worker:
         """A slot on a worker, waiting in the FIFO queue if none is free.
 
         ``front``: a retry after a connect failure goes to the head of the queue, since it
@@ -105,7 +104,7 @@ class Pool:
         if not self.has_ready():
             raise AdmissionError("no_worker")
         if front or not self._waiters:
-            worker = self._pick(exclude)
+            worker = self._pick()
             if worker is not None:
                 return worker
         if not front and len(self._waiters) >= self.queue_size:

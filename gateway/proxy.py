@@ -161,13 +161,16 @@ class Api:
         self.gw.metrics.dispatched(model, ex.queue_wait_s)
         return await self._forward(request, body, pool, worker, ex)
 
-    def _upstream_headers(self, request: web.Request, ex: Exchange) -> dict[str, str]:
-        headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP}
+    def _upstream_headers(self, request: web.Request, ex: Exchange) -> CIMultiDict[str]:
+        # Case-insensitive, like HTTP: a client's "content-type" is not sent twice.
+        headers = CIMultiDict((k, v) for k, v in request.headers.items()
+                              if k.lower() not in HOP_BY_HOP)
         headers["X-Request-Id"] = ex.request_id
-        headers.setdefault("Content-Type", "application/json")
+        if "Content-Type" not in headers:
+            headers["Content-Type"] = "application/json"
         peer = request.remote
         if peer:
-            prior = request.headers.get("X-Forwarded-For")
+            prior = headers.get("X-Forwarded-For")
             headers["X-Forwarded-For"] = f"{prior}, {peer}" if prior else peer
         return headers
 

@@ -30,6 +30,7 @@ class Received:
     model: str | None
     authorization: str | None
     stream: bool
+    content_types: list[str]
 
 
 @dataclass
@@ -125,7 +126,8 @@ class FakeWorker:
         body: dict[str, Any] = await request.json()
         stream = bool(body.get("stream"))
         self.received.append(Received(request.path, body.get("model"),
-                                      request.headers.get("Authorization"), stream))
+                                      request.headers.get("Authorization"), stream,
+                                      request.headers.getall("Content-Type", [])))
         self.in_flight += 1
         self.max_in_flight = max(self.max_in_flight, self.in_flight)
         self._requests[id(request)] = request

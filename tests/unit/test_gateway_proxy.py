@@ -78,7 +78,8 @@ def test_success_counts_exact_deltas_and_passes_authorization_unlogged(
                     assert r.status == 200
                     assert (await r.json())["object"] == "text_completion"
             async with s.post(api(gw, "/v1/chat/completions"),
-                              json={"model": "m", "messages": []}, headers=headers) as r:
+                              data=json.dumps({"model": "m", "messages": []}),
+                              headers={**headers, "content-type": "application/json"}) as r:
                 assert r.status == 200
             assert sample(gw, "gateway_requests_total", model="m", code="200") == 7
             assert sample(gw, "gateway_request_latency_seconds_count", model="m") == 7
@@ -90,6 +91,7 @@ def test_success_counts_exact_deltas_and_passes_authorization_unlogged(
         assert len(received) == 7
         assert {r.authorization for r in received} == {"Bearer sk-secret-key-123"}
         assert {r.path for r in received} == {"/v1/completions", "/v1/chat/completions"}
+        assert all(r.content_types == ["application/json"] for r in received)
         assert len(w1.received) >= 1 and len(w2.received) >= 1  # ties rotate
         await w1.stop()
         await w2.stop()
