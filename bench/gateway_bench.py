@@ -15,8 +15,10 @@ The targets compared in a table take turns (4 slices each), so the machine's loa
 moment falls on all of them alike.
 
 1. Added latency: p50 and p99 through the gateway minus the same direct to the backend, at
-   concurrency 1, 64 and 256, with requests per second; HAProxy measured in the same run, and
-   the gateway's added p50 as a ratio of HAProxy's. Without a haproxy binary its rows say so.
+   concurrency 1, 64 and 256, with requests per second and CPU per request; the gateway twice,
+   with its per-request access log (the default) and without (``--log-level warning``);
+   HAProxy measured in the same run, and the gateway's added p50 as a ratio of HAProxy's.
+   Without a haproxy binary its rows are skipped, and the output says so.
 2. Least outstanding vs round robin: two fake workers, one 20x slower (5 ms and 100 ms), at
    concurrency 8; p50, p95 and requests per second. Round robin is the same gateway with its
    pick replaced (``--serve-round-robin``, a bench-only entry point), not a product option.
@@ -56,6 +58,7 @@ CONCURRENCY = (1, 64, 256)
 GOAL_P50_ADDED_MS = 1.0  # at concurrency 64
 FAST_MS, SLOW_MS, BALANCE_CONCURRENCY = 5, 100, 8  # the two unequal workers
 SLICES = 4  # each measurement is taken in this many interleaved turns
+NO_LOG = "gateway no-log"  # the same with --log-level warning: no per-request access log
 
 
 @dataclass
@@ -119,7 +122,8 @@ def fake_worker(port: int, delay_ms: float, tmp: Path) -> Any:
                     "--delay-ms", str(delay_ms)], port, tmp / f"fake-{port}.log")
 
 
-def gateway(workers: list[int], capacity: int, tmp: Path, round_robin: bool = False) -> Any:
+def gateway(workers: list[int], capacity: int, tmp: Path, round_robin: bool = False,
+            log_level: str = "info") -> Any:
     api, metrics = free_port(), free_port()
     cfg = {
         "api": {"host": "127.0.0.1", "port": api},
@@ -132,7 +136,7 @@ def gateway(workers: list[int], capacity: int, tmp: Path, round_robin: bool = Fa
     path = tmp / f"gateway-{api}.yml"
     path.write_text(yaml.safe_dump(cfg))
     args = ([PYTHON, __file__, "--serve-round-robin", str(path)] if round_robin
-            else [str(GATEWAY), "--config", str(path)])
+            else [str(GATEWAY), "--config", str(path), "--log-level", log_level])
     return api, process(args, api, tmp / f"gateway-{api}.log")
 
 
@@ -226,8 +230,10 @@ def added_latency(seconds: float, tmp: Path) -> tuple[list[Measure], str | None]
     note = None if have_haproxy else "haproxy: no binary (apt-get install -y haproxy); skipped"
     with fake_worker(backend, 0, tmp) as fake:
         api, gw = gateway([backend], 1024, tmp)
-        with gw as gw_proc:
-            targets = [("direct", backend, fake.pid), ("vllm-gateway", api, gw_proc.pid)]
+        quiet_api, quiet = gateway([backend], 1024, tmp, log_level="warning")
+        with gw as gw_proc, quiet as quiet_proc:
+            targets = [("direct", backend, fake.pid), ("vllm-gateway", api, gw_proc.pid),
+                       (NO_LOG, quiet_api, quiet_proc.pid)]
             if have_haproxy:
                 hport, hp = haproxy(backend, tmp)
                 with hp as hp_proc:
@@ -278,7 +284,7 @@ def report(rows: list[Measure], lor: list[Measure], note: str | None) -> dict[st
     added: list[dict[str, Any]] = []
     for c in CONCURRENCY:
         direct = by[("direct", c)]
-        for target in ("vllm-gateway", "haproxy"):
+        for target in ("vllm-gateway", NO_LOG, "haproxy"):
             m = by.get((target, c))
             if m is None:
                 continue
