@@ -137,8 +137,13 @@ lint: venv
 unit: venv
 	$(BIN)/pytest -q tests/unit
 
+# Two workers: the demo lab's tests stay together, in order, on one (loadgroup); Molecule
+# scenarios (each on its own lab and subnet) and unit tests share the other. The slowest
+# tests are listed at the end, so a slow CI run says where its time went.
+TEST_WORKERS ?= 2
 test: setup lint
-	$(BIN)/pytest -v -p no:cacheprovider tests/unit tests/lab
+	$(BIN)/pytest -v -p no:cacheprovider -n $(TEST_WORKERS) --dist loadgroup --durations=30 \
+	  tests/lab tests/unit
 
 # This machine's NVIDIA GPUs, driver, CUDA and NVSwitches against the pinned vLLM, read-only
 # and offline (any server with Ansible: ansible-playbook -c local playbooks/gpu_verify.yml).
