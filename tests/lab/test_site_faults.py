@@ -161,11 +161,13 @@ def test_prometheus_restart_keeps_the_series_recorded_before() -> None:
 
 
 def broken_run(tmp_path: Path, extra: dict[str, object]) -> str:
-    """site.yml for the monitoring host with an ops edit Prometheus must refuse."""
+    """An ops edit Prometheus must refuse, pushed as ops push a config change: site.yml limited
+    to the monitoring hosts and Prometheus's configure phase (the preflight runs with any tag)."""
     sums, running = config_state()
     extra_file = tmp_path / "extra.json"
     extra_file.write_text(json.dumps(extra))
-    proc = playbook("site.yml", "--limit", "monitoring", "-e", f"@{extra_file}", check=False)
+    proc = playbook("site.yml", "--limit", "monitoring", "--tags", "prometheus_configure",
+                    "-e", f"@{extra_file}", check=False)
     output = proc.stdout + proc.stderr
     assert proc.returncode != 0, "the broken edit was accepted"
     sums_after, running_after = config_state()

@@ -106,8 +106,9 @@ def test_late_prometheus_keeps_the_queue_filled_until_it_has_scraped_it(
     assert r.code == 0, r.out
     load = loads(r)["w0/main"]
     assert load["proof"] == "Prometheus"
-    # 6 in flight at 0.05 s a request: many more than the 8 asked while Prometheus lagged
-    assert load["completions_sent"] > 40 and load["completions_ok"] == load["completions_sent"]
+    # More than the 8 asked: the load went on while Prometheus lagged (how many more depends on
+    # the machine's speed, so only the direction is asserted)
+    assert load["completions_sent"] > 8 and load["completions_ok"] == load["completions_sent"]
     assert r.report["summary"]["load"]["prometheus_queue_watch"]["queries"] > 2
     assert r.checks("prometheus.queue_depth:vllm:num_requests_waiting", "pass")
 
