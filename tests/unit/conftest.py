@@ -9,6 +9,7 @@ import re
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -122,6 +123,10 @@ def run_ansible_playbook(
 
 
 ValidateCase = tuple[str, dict[str, Any], "str | None"]
+# ansible-playbook processes check_validate_cases runs at once (VALIDATE_PROCESSES=1: one).
+VALIDATE_PROCESSES = int(
+    os.environ.get("VALIDATE_PROCESSES") or min(4, len(os.sched_getaffinity(0)))
+)
 # A failed loop says only "One or more items failed": take the first failed item's message.
 FAILED_MSG = (
     "(ansible_failed_result.results | default([]) | selectattr('failed', 'defined')"
@@ -135,12 +140,28 @@ def check_validate_cases(
     good_vars: dict[str, Any],
     tmp_path: Path,
     inventory: dict[str, Any] | None = None,
+    argument_spec: bool = False,
 ) -> str:
     """Run the role's tasks/validate.yml once per case, in one ansible-playbook on localhost.
 
     A case is (name, variables over good_vars, None when it must pass or a text the refusal
     must contain). Fails naming every case that went the wrong way; returns the output.
+    With argument_spec, the role's meta/argument_specs.yml main options are checked first,
+    as playbooks/preflight.yml does before it runs the role's checks (where type errors and
+    unknown or missing suboptions are refused).
     """
+    spec_check = [
+        {
+            "name": "Check options against the role's argument specs",
+            "ansible.builtin.validate_argument_spec": {
+                "argument_spec": (
+                    "{{ (lookup('ansible.builtin.file', "
+                    f"'{REPO / 'roles' / role / 'meta' / 'argument_specs.yml'}')"
+                    " | from_yaml).argument_specs.main.options }}"
+                )
+            },
+        }
+    ]
     plays = [
         {
             "name": f"case {i}",
@@ -151,6 +172,7 @@ def check_validate_cases(
                 {
                     "name": "Validate",
                     "block": [
+                        *(spec_check if argument_spec else []),
                         {
                             "name": "Run the checks",
                             "ansible.builtin.include_role": {
@@ -173,17 +195,27 @@ def check_validate_cases(
         }
         for i, (_, extra, _) in enumerate(cases)
     ]
-    (tmp_path / "play.yml").write_text(yaml.safe_dump(plays, sort_keys=False))
     hosts = ["-i", "localhost,", "-c", "local"]
     if inventory is not None:
         hosts = ["-i", str(write_inventory(tmp_path, inventory))]
-    proc = run_ansible_playbook(
-        [*hosts, str(tmp_path / "play.yml")],
-        tmp_path,
-        ANSIBLE_CALLBACK_RESULT_FORMAT="json",  # one line per message
-    )
-    out = proc.stdout + proc.stderr
-    assert proc.returncode == 0, out
+    # Long lists run as a few ansible-playbook processes side by side (each case is a play
+    # of its own, so the split changes nothing but the wall time).
+    parts = max(1, min(VALIDATE_PROCESSES, len(plays) // 8))
+
+    def run_part(j: int) -> subprocess.CompletedProcess[str]:
+        part = tmp_path / f"part{j}"
+        part.mkdir(exist_ok=True)
+        (part / "play.yml").write_text(yaml.safe_dump(plays[j::parts], sort_keys=False))
+        return run_ansible_playbook(
+            [*hosts, str(part / "play.yml")],
+            part,
+            ANSIBLE_CALLBACK_RESULT_FORMAT="json",  # one line per message
+        )
+
+    with ThreadPoolExecutor(parts) as pool:
+        procs = list(pool.map(run_part, range(parts)))
+    out = "".join(proc.stdout + proc.stderr for proc in procs)
+    assert all(proc.returncode == 0 for proc in procs), out
     wrong = []
     for i, (case, _, expected) in enumerate(cases):
         refused = re.search(rf"CASE {i} REFUSED: (.*)", out)

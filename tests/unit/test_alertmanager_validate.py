@@ -94,10 +94,14 @@ CASES: list[tuple[str, dict[str, Any], str | None]] = [
     ("archive without checksum", {"alertmanager_install_method": "archive"},
      "alertmanager_archive_sha256"),
     ("bad group_by label", {"alertmanager_group_by": ["alert-name"]}, "alertmanager_group_by="),
+    ("receivers not a list", {"alertmanager_receivers": "oncall"},
+     "option 'alertmanager_receivers' is of type str"),
 ]  # fmt: skip
 
 
 def test_alertmanager_validate_refuses_bad_options_naming_them(tmp_path: Path) -> None:
-    out = check_validate_cases("alertmanager", CASES, GOOD, tmp_path, inventory=INVENTORY)
+    out = check_validate_cases(
+        "alertmanager", CASES, GOOD, tmp_path, inventory=INVENTORY, argument_spec=True
+    )
     for secret in ["a-secret-routing-key", "pw-value", "u:secret@"]:
         assert secret not in out, secret

@@ -36,6 +36,10 @@ CASES: dict[str, tuple[dict[str, Any], str | None]] = {
         },
         None,
     ),
+    "listen-address-without-host": (
+        {"node_exporter_web_listen_address": "9100"},
+        "node_exporter_web_listen_address=9100 is not HOST:PORT",
+    ),
     "bad-method": (
         {"node_exporter_install_method": "tarball"},
         "node_exporter_install_method=tarball is neither package nor archive",

@@ -270,4 +270,4 @@ VALIDATE_CASES: list[tuple[str, dict[str, Any], str | None]] = [
 
 
 def test_preflight_refuses_bad_nvidia_driver_options(tmp_path: Path) -> None:
-    check_validate_cases("nvidia_driver", VALIDATE_CASES, GOOD, tmp_path)
+    check_validate_cases("nvidia_driver", VALIDATE_CASES, GOOD, tmp_path, argument_spec=True)

@@ -151,13 +151,27 @@ CASES: list[tuple[str, dict[str, Any], str | None]] = [
      "prometheus_remote_write"),
     ("alertmanager URL instead of HOST:PORT", {"prometheus_alertmanagers": ["http://am:9093"]},
      "prometheus_alertmanagers=['http://am:9093']"),
+    # Refused by the argument specs (type int) before tasks/validate.yml, as in the preflight.
     ("threshold not a number", {"prometheus_alert_queue_depth": "many"},
-     "prometheus_alert_queue_depth=many"),
+     "argument 'prometheus_alert_queue_depth' is of type str"),
     ("for not a duration", {"prometheus_alert_vllm_down_for": "ten minutes"},
      "prometheus_alert_vllm_down_for=ten minutes"),
+    # From the lab's site.yml cases (tests/lab/test_site.py keeps a few).
+    ("scrape interval", {"prometheus_scrape_interval": "fast"}, "prometheus_scrape_interval=fast"),
+    ("external labels not a mapping", {"prometheus_external_labels": ["cluster", "eu"]},
+     "argument 'prometheus_external_labels' is of type list"),
+    ("invalid external label name", {"prometheus_external_labels": {"bad-label": "eu"}},
+     "prometheus_external_labels: bad-label is not a valid label name"),
+    ("timeout longer than the lab's interval", {"prometheus_scrape_interval": "5s",
+                                                "prometheus_scrape_timeout": "10s"},
+     "prometheus_scrape_timeout=10s is longer than prometheus_scrape_interval=5s"),
+    ("extra scrape configs not a list", {"prometheus_extra_scrape_configs": "job_name: x"},
+     "prometheus_extra_scrape_configs"),
 ]  # fmt: skip
 
 
 def test_prometheus_validate_refuses_bad_options_naming_them(tmp_path: Path) -> None:
-    out = check_validate_cases("prometheus", CASES, {}, tmp_path, inventory=INVENTORY)
+    out = check_validate_cases(
+        "prometheus", CASES, {}, tmp_path, inventory=INVENTORY, argument_spec=True
+    )
     assert "a-long-password-1" not in out

