@@ -83,8 +83,8 @@ def runner_site(private: Path, vault_password: str, vaulted_vars: dict[str, str]
 
 
 def test_second_run_changes_nothing(lab: dict[str, object], tmp_path: Path) -> None:
-    """Through ansible-runner (idempotence read from its job events), then plain
-    ansible-playbook once more; both times printed."""
+    """Through ansible-runner, as AWX runs it: no task changed in its job events, none in its
+    stats (the play recap). One second run: ansible-playbook's own is the same engine."""
     artifacts = tmp_path / "runner" / "artifacts" / "site"
     start = time.monotonic()
     r = runner_site(tmp_path / "runner", "lab-vault-pw-" + os.urandom(6).hex(),
@@ -105,17 +105,8 @@ def test_second_run_changes_nothing(lab: dict[str, object], tmp_path: Path) -> N
     assert report["summary"]["failed"] == 0
     html = artifacts / "postcheck-report.html"
     assert "uPlot" in html.read_text()
-    print(f"post-check report in the runner's artifacts: {html} ({html.stat().st_size} bytes)")
-
-    start = time.monotonic()
-    proc = playbook("site.yml", "-e", f"postcheck_report={tmp_path / 'third.json'}")
-    plain_s = time.monotonic() - start
-    hosts = recap(proc.stdout)
-    assert hosts, "no PLAY RECAP in the output"
-    changed_plain = {name: h["changed"] for name, h in hosts.items() if h["changed"]}
-    assert changed_plain == {}, f"third run changed something: {changed_plain}"
-    print(f"second site.yml run: ansible-runner {runner_s:.1f} s, "
-          f"plain ansible-playbook {plain_s:.1f} s")
+    print(f"post-check report in the runner's artifacts: {html} ({html.stat().st_size} bytes); "
+          f"second site.yml run through ansible-runner: {runner_s:.1f} s")
 
 
 def test_postcheck_passes_with_the_six_signals(lab: dict[str, object], tmp_path: Path) -> None:
