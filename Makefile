@@ -76,6 +76,22 @@ vllm-lock: | venv
 	lab/vllm_lock.sh $(BIN)/uv $(SOURCE) $(PACKAGE) $(or $(VERSION),$(VLLM_VERSION)) \
 	  $(VLLM_LOCKS)/$(PACKAGE)-$(or $(VERSION),$(VLLM_VERSION)).txt
 
+# The gateway's wheelhouse (roles/gateway, air-gapped like vLLM's): the project's own wheel
+# (vllm-fleet-postcheck: the postcheck and gateway packages), rebuilt every time (fixed zip
+# timestamps: the same code gives the same wheel, so hosts reinstall only on a change), and the
+# dependencies' wheels of the role's hash lock for the hosts' Python 3.11 on x86_64. The role
+# copies the folder to each gateway host and installs from it with --no-index.
+GATEWAY_WHEELHOUSE := $(CACHE)/gateway-wheelhouse
+GATEWAY_LOCK := roles/gateway/files/locks/gateway-deps.txt
+.PHONY: gateway-wheelhouse
+gateway-wheelhouse: | venv
+	mkdir -p $(GATEWAY_WHEELHOUSE)
+	rm -f $(GATEWAY_WHEELHOUSE)/vllm_fleet_postcheck-*.whl
+	SOURCE_DATE_EPOCH=315532800 $(BIN)/pip wheel -q --no-deps --wheel-dir $(GATEWAY_WHEELHOUSE) . && rm -rf build
+	$(BIN)/pip download -q --no-deps --require-hashes --only-binary=:all: --python-version 3.11 \
+	  --platform manylinux_2_28_x86_64 --platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 \
+	  --implementation cp --dest $(GATEWAY_WHEELHOUSE) -r $(GATEWAY_LOCK)
+
 model: $(MODELS)/tiny-llama/config.json
 $(MODELS)/tiny-llama/config.json: lab/make_tiny_model.py | venv
 	$(BIN)/python lab/make_tiny_model.py --output $(MODELS)/tiny-llama

@@ -1,0 +1,155 @@
+"""The gateway role: its option checks (tasks/validate.yml, after its argument specs, as the
+preflight runs them) and its configuration rendered from a fleet's inventory, then accepted by
+the gateway's own `vllm-gateway --check-config`."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+from conftest import REPO, check_validate_cases, run_ansible_playbook, write_inventory
+
+# Two worker hosts with two vLLM instances each, two models. Capacities as the vllm role
+# resolves max-num-seqs: g1 (a GPU host) sets it in vllm_engine_args (16), g1/a's own args win
+# (8); g2 is a CPU host without it: vLLM's CPU default, 128 per tensor-parallel rank.
+WORKERS: dict[str, Any] = {
+    "g1": {
+        "ansible_host": "10.0.0.5",
+        "vllm_device": "gpu",
+        "vllm_engine_args": {"max-num-seqs": 16},
+        "vllm_instances": [
+            {"name": "a", "port": 8000, "model": "/srv/models/llama", "served_model_name": "llama",
+             "args": {"max-num-seqs": 8}},
+            {"name": "b", "port": 8001, "model": "org/qwen"},
+        ],
+    },
+    "g2": {
+        "ansible_host": "10.0.0.6",
+        "vllm_device": "cpu",
+        "vllm_instances": [
+            {"name": "a", "port": 8000, "model": "/srv/models/llama", "served_model_name": "llama"},
+            {"name": "b", "port": 8001, "model": "org/qwen", "args": {"tensor-parallel-size": 2}},
+        ],
+    },
+}
+INVENTORY: dict[str, Any] = {
+    "all": {
+        "children": {
+            "gateways": {"hosts": {"localhost": {"ansible_connection": "local",
+                                                 "ansible_host": "127.0.0.1",
+                                                 "ansible_python_interpreter": sys.executable}}},
+            "gpu_workers": {"hosts": WORKERS},
+            "empty_workers": {"hosts": {}},
+            "bare_workers": {"hosts": {"g3": {"ansible_host": "10.0.0.7"}}},
+            "bad_workers": {"hosts": {"g4": {"ansible_host": "10.0.0.8", "vllm_instances": [
+                {"name": "a", "port": 8000, "model": "m", "args": {"max-num-seqs": 0}}]}}},
+        }
+    }
+}
+
+CASES: list[tuple[str, dict[str, Any], str | None]] = [
+    ("good", {}, None),
+    ("pool overrides", {"gateway_pool_overrides": {"llama": {"queue_size": 400},
+                                                   "org/qwen": {"request_timeout_s": 1200}}},
+     None),
+    ("a mirror URL", {"gateway_mirror_url": "https://artifacts.example/gateway/"}, None),
+    ("no such worker group", {"gateway_worker_group": "gpu_eu"},
+     "gateway_worker_group=gpu_eu: no such group in the inventory, or it has no hosts"),
+    ("an empty worker group", {"gateway_worker_group": "empty_workers"},
+     "gateway_worker_group=empty_workers: no such group"),
+    ("workers without instances", {"gateway_worker_group": "bare_workers"},
+     "gateway_worker_group=bare_workers: its hosts (g3) list no vllm_instances"),
+    ("a worker with max-num-seqs 0", {"gateway_worker_group": "bad_workers"},
+     "capacity of worker g4/a: max-num-seqs of g4/a must be 1 or more"),
+    ("queue size 0", {"gateway_queue_size": 0}, "gateway_queue_size=0 (1 or more"),
+    ("queue timeout 0", {"gateway_queue_timeout_s": 0}, "gateway_queue_timeout_s=0"),
+    ("negative request timeout", {"gateway_request_timeout_s": -5},
+     "gateway_request_timeout_s=-5"),
+    ("shutdown timeout not a number", {"gateway_shutdown_timeout_s": "soon"},
+     "argument 'gateway_shutdown_timeout_s' is of type str"),
+    ("11 connect retries", {"gateway_connect_retries": 11}, "gateway_connect_retries=11 (0-10)"),
+    ("health timeout above the interval", {"gateway_health_timeout_s": 10},
+     "gateway_health_timeout_s=10"),
+    ("health rise 0", {"gateway_health_rise": 0}, "gateway_health_rise=0"),
+    ("API port is the metrics port", {"gateway_api_port": 8080},
+     "gateway_api_port=8080, gateway_metrics_port=8080"),
+    ("metrics port 70000", {"gateway_metrics_port": 70000}, "gateway_metrics_port=70000"),
+    ("metrics port is node_exporter's", {"gateway_metrics_port": 9100},
+     "gateway_metrics_port=9100"),
+    ("the gateway host's own vLLM port", {"vllm_instances": [
+        {"name": "local", "port": 8000, "model": "m"}]},
+     "localhost also runs vLLM instances on ports 8000"),
+    ("override of a model nobody serves",
+     {"gateway_pool_overrides": {"mistral": {"queue_size": 5}}},
+     "gateway_pool_overrides keys ['mistral']: each key must be a model the workers serve"
+     " (llama, org/qwen)"),
+    ("override with an unknown option", {"gateway_pool_overrides": {"llama": {"queue": 5}}},
+     "queue\\\": 5}: known options are queue_size, queue_timeout_s, request_timeout_s"),
+    ("override with queue size 0", {"gateway_pool_overrides": {"llama": {"queue_size": 0}}},
+     "gateway_pool_overrides[llama]={"),
+    ("running as root", {"gateway_user": "root"}, "gateway_user=root"),
+    ("unknown log level", {"gateway_log_level": "verbose"},
+     "value of gateway_log_level must be one of"),
+    ("mirror without a scheme", {"gateway_mirror_url": "artifacts.example/gw"},
+     "gateway_mirror_url=artifacts.example/gw"),
+]
+
+
+def test_validate_refuses_bad_options_naming_them(tmp_path: Path) -> None:
+    check_validate_cases("gateway", CASES, {}, tmp_path, inventory=INVENTORY, argument_spec=True)
+
+
+RENDER = [
+    {
+        "name": "Render the gateway's configuration",
+        "hosts": "gateways",
+        "gather_facts": False,
+        "tasks": [
+            {"name": "Resolve the pools", "ansible.builtin.include_role": {
+                "name": "gateway", "tasks_from": "validate", "public": True}},
+            {"name": "Render", "ansible.builtin.template": {
+                "src": str(REPO / "roles/gateway/templates/gateway.yml.j2"),
+                "dest": "{{ render_dest }}", "mode": "0644"}},
+        ],
+    }
+]
+
+
+def test_config_has_a_pool_per_model_with_resolved_capacities(tmp_path: Path) -> None:
+    play = tmp_path / "render.yml"
+    play.write_text(yaml.safe_dump(RENDER, sort_keys=False))
+    dest = tmp_path / "gateway.yml"
+    proc = run_ansible_playbook(
+        ["-i", str(write_inventory(tmp_path, INVENTORY)), str(play), "-e", f"render_dest={dest}",
+         "-e", '{"gateway_pool_overrides": {"org/qwen": {"queue_size": 7}}}'], tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    config = yaml.safe_load(dest.read_text())
+    assert config["api"] == {"host": "0.0.0.0", "port": 8000}
+    assert config["metrics"] == {"host": "0.0.0.0", "port": 8080}
+    pools = {p["model"]: p for p in config["pools"]}
+    assert list(pools) == ["llama", "org/qwen"]
+    assert pools["llama"]["workers"] == [
+        {"name": "g1/a", "url": "http://10.0.0.5:8000", "capacity": 8},
+        {"name": "g2/a", "url": "http://10.0.0.6:8000", "capacity": 128},
+    ]
+    assert pools["org/qwen"]["workers"] == [
+        {"name": "g1/b", "url": "http://10.0.0.5:8001", "capacity": 16},
+        {"name": "g2/b", "url": "http://10.0.0.6:8001", "capacity": 256},
+    ]
+    assert (pools["llama"]["queue_size"], pools["org/qwen"]["queue_size"]) == (100, 7)
+    check = subprocess.run(
+        [str(Path(sys.executable).parent / "vllm-gateway"), "--check-config", str(dest)],
+        capture_output=True, text=True, check=False)
+    assert check.returncode == 0, check.stderr
+
+
+def test_unit_stops_after_the_gateway_s_own_shutdown_timeout() -> None:
+    unit = (REPO / "roles/gateway/templates/vllm-gateway.service.j2").read_text()
+    assert "TimeoutStopSec={{ __gateway_stop_timeout }}" in unit
+    assert "Restart=on-failure" in unit
+    role_vars = yaml.safe_load((REPO / "roles/gateway/vars/main.yml").read_text())
+    assert "gateway_shutdown_timeout_s | float + gateway_stop_grace_s" in role_vars[
+        "__gateway_stop_timeout"]
