@@ -23,19 +23,6 @@ LAB_BINDS = [
 ]
 
 
-# Tests of the one demo lab (10.231.0.0/24): run in order on one test worker (pytest-xdist's
-# loadgroup), while the other worker runs Molecule scenarios (each on a lab of its own) and
-# unit tests.
-DEMO_LAB_MODULES = {"test_site.py", "test_site_alerts.py", "test_site_faults.py",
-                    "test_site_security.py"}
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    for item in items:
-        if item.path.name in DEMO_LAB_MODULES and item.path.parent == Path(__file__).parent:
-            item.add_marker(pytest.mark.xdist_group("demo-lab"))
-
-
 def tool_env() -> dict[str, str]:
     """The environment the project's tools run in: the virtualenv first on PATH."""
     env = dict(os.environ)

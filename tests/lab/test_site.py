@@ -18,7 +18,8 @@ from ansible_runner import Runner
 
 from .conftest import BIN, LAB_INVENTORY, ROOT, playbook, run, tool_env
 
-pytestmark = pytest.mark.lab
+# The demo lab's tests run in order on one test worker (Makefile: --dist loadgroup).
+pytestmark = [pytest.mark.lab, pytest.mark.xdist_group("demo-lab")]
 
 RECAP = re.compile(r"^(\S+)\s+: ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)", re.M)
 

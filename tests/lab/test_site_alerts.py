@@ -18,7 +18,8 @@ import pytest
 
 from .conftest import MONITOR, WORKER, http, ssh, vllm_serving, wait_for
 
-pytestmark = pytest.mark.lab
+# The demo lab's tests run in order on one test worker (Makefile: --dist loadgroup).
+pytestmark = [pytest.mark.lab, pytest.mark.xdist_group("demo-lab")]
 
 # inventory/lab routes every alert to lab-test-receiver, the Watchdog to lab-test-heartbeat.
 RECEIVER_ADDRESS = ("10.231.0.1", 19093)

@@ -30,7 +30,8 @@ from .conftest import (
     wait_for,
 )
 
-pytestmark = pytest.mark.lab
+# The demo lab's tests run in order on one test worker (Makefile: --dist loadgroup).
+pytestmark = [pytest.mark.lab, pytest.mark.xdist_group("demo-lab")]
 
 # The files Prometheus runs with: an ops edit it rejects must leave every one untouched.
 # kill -9 to serving again is a speed figure: bench-vllm measures it (kill9_to_serving_s). Here

@@ -11,7 +11,8 @@ import pytest
 from .conftest import MONITOR, WORKER, playbook, ssh
 from .test_site import recap
 
-pytestmark = pytest.mark.lab
+# The demo lab's tests run in order on one test worker (Makefile: --dist loadgroup).
+pytestmark = [pytest.mark.lab, pytest.mark.xdist_group("demo-lab")]
 
 HOSTS = {"lab-worker1": WORKER, "lab-mon1": MONITOR}
 SECRET_FILES = [Path("/var/lib/vllm-lab/grafana-admin-password"),
