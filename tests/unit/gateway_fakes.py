@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any
 
@@ -14,6 +15,7 @@ import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.config import Config, parse
+from gateway.metrics import REASONS
 from gateway.server import Gateway
 from gateway.testing.fakes import FakeWorker
 
@@ -96,6 +98,23 @@ def admin(gw: Gateway, path: str) -> str:
 
 
 async def post(session: aiohttp.ClientSession, gw: Gateway, model: str = "m",
-               **extra: Any) -> tuple[int, dict[str, str], bytes]:
+               **extra: Any) -> Response:
     async with session.post(api(gw), json={"model": model, "prompt": "hi", **extra}) as r:
         return r.status, dict(r.headers), await r.read()
+
+
+Response = tuple[int, dict[str, str], bytes]
+
+
+def assert_refused(response: Response, code: int, retry_after: str) -> None:
+    """An answer the gateway gave itself: the status, Retry-After, and OpenAI's error shape."""
+    status, headers, body = response
+    assert status == code, (status, body)
+    assert headers["Retry-After"] == retry_after
+    assert json.loads(body)["error"]["code"] == code
+
+
+def errors_total(gw: Gateway) -> float:
+    """Every gateway_errors_total series, every pool and the no-pool label, summed."""
+    return sum(sample(gw, "gateway_errors_total", model=m, reason=r)
+               for m in ("", *gw.pools) for r in REASONS)

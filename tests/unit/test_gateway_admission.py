@@ -4,18 +4,19 @@ timeout or with no ready worker, each counted exactly, each with Retry-After."""
 from __future__ import annotations
 
 import asyncio
-import json
 
 import aiohttp
-from gateway_fakes import FakeWorker, config, gateway, post, run, sample, wait_until
-
-from gateway.metrics import REASONS
-from gateway.server import Gateway
-
-
-def errors_total(gw: Gateway) -> float:
-    return sum(sample(gw, "gateway_errors_total", model=m, reason=r)
-               for m in ("", *gw.pools) for r in REASONS)
+from gateway_fakes import (
+    FakeWorker,
+    assert_refused,
+    config,
+    errors_total,
+    gateway,
+    post,
+    run,
+    sample,
+    wait_until,
+)
 
 
 def test_full_queue_answers_429_counted_exactly() -> None:
@@ -30,10 +31,8 @@ def test_full_queue_answers_429_counted_exactly() -> None:
             await wait_until(lambda: gw.pools["m"].depth == 2)
             assert sample(gw, "gateway_queue_depth", model="m") == 2
             overflow = await asyncio.gather(*(post(s, gw) for _ in range(3)))
-            for status, headers, body in overflow:
-                assert status == 429
-                assert headers["Retry-After"] == "1"
-                assert json.loads(body)["error"]["code"] == 429
+            for response in overflow:
+                assert_refused(response, 429, retry_after="1")
             assert sample(gw, "gateway_errors_total", model="m", reason="queue_full") == 3
             assert sample(gw, "gateway_requests_total", model="m", code="429") == 3
             # Rejected requests were never dispatched.
@@ -61,10 +60,8 @@ def test_queue_timeout_answers_503_with_retry_after() -> None:
             first = asyncio.create_task(post(s, gw))
             await w.wait_in_flight(1)
             statuses = await asyncio.gather(post(s, gw), post(s, gw))
-            for status, headers, body in statuses:
-                assert status == 503
-                assert headers["Retry-After"] == "7"
-                assert json.loads(body)["error"]["code"] == 503
+            for response in statuses:
+                assert_refused(response, 503, retry_after="7")
             assert sample(gw, "gateway_errors_total", model="m", reason="queue_timeout") == 2
             assert sample(gw, "gateway_requests_total", model="m", code="503") == 2
             assert sample(gw, "gateway_queue_depth", model="m") == 0
@@ -90,10 +87,8 @@ def test_no_ready_worker_answers_503_and_fails_the_queue() -> None:
             await wait_until(lambda: gw.pools["m"].depth == 1)
             w.healthy = False
             await wait_until(lambda: not gw.pools["m"].has_ready())
-            status, headers, _ = await queued
-            assert status == 503 and headers["Retry-After"] == "1"
-            status, headers, _ = await post(s, gw)
-            assert status == 503 and headers["Retry-After"] == "1"
+            assert_refused(await queued, 503, retry_after="1")
+            assert_refused(await post(s, gw), 503, retry_after="1")
             assert sample(gw, "gateway_errors_total", model="m", reason="no_worker") == 2
             assert sample(gw, "gateway_worker_up", worker="w", model="m") == 0
             # The request in flight when /health started failing still completes.

@@ -7,18 +7,21 @@ import asyncio
 import json
 
 import aiohttp
-from gateway_fakes import FakeWorker, api, config, gateway, post, run, sample, wait_until
-
-from gateway.metrics import REASONS
-from gateway.server import Gateway
+from gateway_fakes import (
+    FakeWorker,
+    api,
+    assert_refused,
+    config,
+    errors_total,
+    gateway,
+    post,
+    run,
+    sample,
+    wait_until,
+)
 
 # Active checks far apart: what these tests see comes from the proxying path alone.
 SLOW_HEALTH = {"interval_s": 60, "timeout_s": 1}
-
-
-def errors_total(gw: Gateway) -> float:
-    return sum(sample(gw, "gateway_errors_total", model=m, reason=r)
-               for m in ("", *gw.pools) for r in REASONS)
 
 
 def test_worker_killed_mid_request_counts_each_in_flight_request_and_others_take_over() -> None:
@@ -107,9 +110,7 @@ def test_connect_failure_on_every_worker_answers_502_upstream_connect() -> None:
         async with gateway(cfg) as gw, aiohttp.ClientSession() as s:
             await w1.stop()
             await w2.stop()
-            status, headers, body = await post(s, gw)
-            assert status == 502 and headers["Retry-After"] == "1"
-            assert json.loads(body)["error"]["code"] == 502
+            assert_refused(await post(s, gw), 502, retry_after="1")
             assert sample(gw, "gateway_errors_total", model="m", reason="upstream_connect") == 1
             assert errors_total(gw) == 1
             # Both are down now: the next request is refused without trying.

@@ -13,6 +13,7 @@ from gateway_fakes import (
     admin,
     api,
     config,
+    errors_total,
     families,
     gateway,
     post,
@@ -22,17 +23,11 @@ from gateway_fakes import (
 )
 
 from gateway.metrics import REASONS
-from gateway.server import Gateway
 
 SIX = {
     "gateway_requests", "gateway_request_latency_seconds", "gateway_queue_depth",
     "gateway_queue_wait_seconds", "gateway_errors", "gateway_worker_up",
 }
-
-
-def errors_total(gw: Gateway) -> float:
-    return sum(sample(gw, "gateway_errors_total", model=m, reason=r)
-               for m in ("", *gw.pools) for r in REASONS)
 
 
 def test_exactly_six_families_no_created_and_everything_precreated() -> None:
