@@ -99,7 +99,22 @@ CASES: list[tuple[str, dict[str, Any], str | None]] = [
 
 
 def test_validate_refuses_bad_options_naming_them(tmp_path: Path) -> None:
-    check_validate_cases("gateway", CASES, {}, tmp_path, inventory=INVENTORY, argument_spec=True)
+    # A stand-in interpreter (a script, named as such) that says it is Ubuntu 24.04's Python.
+    py312 = tmp_path / "stand-in-python3.12"
+    py312.write_text("#!/bin/sh\necho 3.12\n")
+    py312.chmod(0o755)
+    python_cases: list[tuple[str, dict[str, Any], str | None]] = [
+        ("Python 3.12 for a 3.11 lock", {"gateway_python": str(py312)},
+         f"gateway_python={py312} on localhost is Python 3.12; the role's lock"
+         " (files/locks/gateway-deps.txt) holds wheels for Python 3.11"),
+        ("no such interpreter", {"gateway_python": "/usr/bin/python3.99"},
+         "gateway_python=/usr/bin/python3.99 on localhost is not a working interpreter"),
+        ("another Python with a lock of its own",
+         {"gateway_python": str(py312), "gateway_lock_src": str(tmp_path / "lock-3.12.txt")},
+         None),
+    ]
+    check_validate_cases("gateway", CASES + python_cases, {}, tmp_path, inventory=INVENTORY,
+                         argument_spec=True)
 
 
 RENDER = [
