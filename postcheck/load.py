@@ -279,9 +279,18 @@ class _Instance:
         return second
 
     def proven(self) -> bool:
-        if any(self.result.peaks[g] <= 0 for g in self.gauges):
+        """The gauges seen above 0 (on /metrics, and by Prometheus if it is watched). Recorded
+        the first time it holds: a sender may see it before the poller's next turn, and then
+        the load ends without the poller running again."""
+        r = self.result
+        if any(r.peaks[g] <= 0 for g in self.gauges):
             return False
-        return self.watch is None or self.watch.proven(self.t.worker.instance)
+        if self.watch is not None and not self.watch.proven(self.t.worker.instance):
+            return False
+        if r.proven_after_s is None:
+            r.proven_after_s = round(time.monotonic() - self.t0, 3)
+            r.proof = "/metrics polls" if self.watch is None else "Prometheus"
+        return True
 
     def next_job(self) -> bool | None:
         """True: an invalid request, False: a completion, None: stop."""
@@ -377,9 +386,8 @@ class _Instance:
                             r.ramped.append(level)
                         r.ramped.append(len(self.senders))
                         level_since = now
-                if plan.probe and r.proven_after_s is None and self.proven():
-                    r.proven_after_s = round(time.monotonic() - self.t0, 3)
-                    r.proof = "/metrics polls" if self.watch is None else "Prometheus"
+                if plan.probe:
+                    self.proven()  # records when and by what
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(done.wait(), plan.poll_interval_s)
 

@@ -599,19 +599,33 @@ class StaticTarget:
 
 class HttpStateTarget:
     """A worker in another process, read from its GET /fake/state at most once per
-    `interval_s` (like a scrape: Prometheus lags the worker by up to one interval)."""
+    `interval_s` (like a scrape: Prometheus lags the worker by up to one interval).
+
+    With `delay_s`, Prometheus is late by that much, whatever the timing of the queries (a
+    Prometheus just back from a reboot): it answers with the newest state read at least
+    `delay_s` ago, or while none is that old yet, the one read when it was made (the worker
+    idle: its caller starts the worker first)."""
 
     def __init__(
-        self, instance: str, job: str = "vllm", interval_s: float = 1.0, timeout_s: float = 5.0
+        self,
+        instance: str,
+        job: str = "vllm",
+        interval_s: float = 1.0,
+        timeout_s: float = 5.0,
+        delay_s: float = 0.0,
     ) -> None:
         self.instance = instance
         self.job = job
         self.interval_s = interval_s
         self.timeout_s = timeout_s
+        self.delay_s = delay_s
         self._cached: Snapshot | None = None
         self._read_at = -1e9
+        self._history: list[tuple[float, Snapshot | None]] = []
         self._lock = threading.Lock()
         self._conn: http.client.HTTPConnection | None = None
+        if delay_s > 0:
+            self._history.append((time.monotonic(), self._fetch()))
 
     def _fetch(self) -> Snapshot | None:
         host, _, port = self.instance.rpartition(":")
@@ -640,7 +654,12 @@ class HttpStateTarget:
             if now - self._read_at >= self.interval_s:
                 self._cached = self._fetch()
                 self._read_at = now
-            return self._cached
+                if self.delay_s > 0:
+                    self._history.append((now, self._cached))
+            if self.delay_s <= 0:
+                return self._cached
+            old = [snap for at, snap in self._history if now - at >= self.delay_s]
+            return old[-1] if old else self._history[0][1]
 
 
 _AGG = re.compile(r"^(sum|count|max|min)\s*(?:by\s*\(\s*(\w+)\s*\)\s*)?\((.*)\)$", re.DOTALL)
