@@ -100,14 +100,34 @@ def vllm_serving() -> bool:
         return False
 
 
-def wait_for(what: str, ok: Callable[[], bool], timeout: float, every: float = 0.5) -> float:
-    """Poll until ok() or fail after timeout; the seconds it took."""
+def wait_for(what: str, ok: Callable[[], bool], timeout: float, every: float = 0.5,
+             explain: Callable[[], str] | None = None) -> float:
+    """Poll until ok() or fail after timeout (with what explain() says); the seconds it took."""
     start = time.monotonic()
     while not ok():
         if time.monotonic() - start > timeout:
-            pytest.fail(f"{what}: not within {timeout:.0f} s")
+            why = f"\n{explain()}" if explain else ""
+            pytest.fail(f"{what}: not within {timeout:.0f} s{why}")
         time.sleep(every)
     return time.monotonic() - start
+
+
+def vllm_state() -> str:
+    """The worker's side of a vLLM that does not serve: its unit, its journal, the memory and
+    load of the worker and of the machine under the lab (CI keeps only the test's output)."""
+    commands = ("systemctl status vllm-tiny --no-pager --lines 0; "
+                "journalctl --unit vllm-tiny --lines 60 --no-pager; free -m; uptime")
+    try:
+        worker = ssh(WORKER, commands, check=False, timeout=30)
+    except subprocess.TimeoutExpired:
+        worker = "(ssh to the worker timed out)"
+    here = subprocess.run("free -m; uptime; ps -eo pid,rss,pcpu,etime,args --sort=-rss | head -15",
+                          shell=True, text=True, capture_output=True).stdout
+    return f"--- {WORKER}:\n{worker}\n--- the machine under the lab:\n{here}"
+
+
+def wait_vllm_serving(what: str, timeout: float) -> float:
+    return wait_for(what, vllm_serving, timeout=timeout, every=1, explain=vllm_state)
 
 
 @pytest.fixture(scope="module")
@@ -115,6 +135,6 @@ def converged(lab: dict[str, object]) -> dict[str, object]:
     """The demo lab with site.yml applied: test_site.py leaves it so; alone, converge it."""
     if not prometheus_ready():
         playbook("site.yml", "--skip-tags", "postcheck")
-    wait_for("vllm-tiny serving", vllm_serving, timeout=240, every=1)
+    wait_vllm_serving("vllm-tiny serving", timeout=240)
     wait_for("Prometheus ready", prometheus_ready, timeout=60)
     return lab

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from .conftest import MONITOR, WORKER, http, ssh, vllm_serving, wait_for
+from .conftest import MONITOR, WORKER, http, ssh, wait_for, wait_vllm_serving
 
 # The demo lab's tests run in order on one test worker (Makefile: --dist loadgroup).
 pytestmark = [pytest.mark.lab, pytest.mark.xdist_group("demo-lab")]
@@ -77,7 +77,7 @@ def receiver(converged: dict[str, object]) -> Iterator[WebhookTestReceiver]:
 
 @pytest.fixture(autouse=True)
 def healthy(converged: dict[str, object]) -> None:
-    wait_for("vllm-tiny serving", vllm_serving, timeout=240, every=1)
+    wait_vllm_serving("vllm-tiny serving", timeout=240)
 
 
 def instance_down(status: str, answered: int = 200) -> Callable[[Received], bool]:
@@ -103,7 +103,7 @@ def stop_vllm() -> float:
 
 def start_vllm() -> float:
     ssh(WORKER, "systemctl start vllm-tiny")
-    wait_for("vllm-tiny serving after start", vllm_serving, timeout=240, every=1)
+    wait_vllm_serving("vllm-tiny serving after start", timeout=240)
     return time.monotonic()
 
 

@@ -27,7 +27,9 @@ from .conftest import (
     run,
     ssh,
     vllm_serving,
+    vllm_state,
     wait_for,
+    wait_vllm_serving,
 )
 
 # The demo lab's tests run in order on one test worker (Makefile: --dist loadgroup).
@@ -115,7 +117,7 @@ def config_state() -> tuple[str, str]:
 @pytest.fixture(autouse=True)
 def healthy(converged: dict[str, object]) -> None:
     """Each fault starts from a serving fleet."""
-    wait_for("vllm-tiny serving", vllm_serving, timeout=180, every=1)
+    wait_vllm_serving("vllm-tiny serving", timeout=180)
     wait_for("Prometheus ready", prometheus_ready, timeout=60)
 
 
@@ -128,7 +130,7 @@ def test_kill9_of_vllm_restarts_it_and_prometheus_sees_down_then_up() -> None:
     ssh(WORKER, f"kill -9 {pid}")
     wait_for("the killed vLLM's port closed", lambda: not vllm_serving(), timeout=30, every=0.2)
     back = wait_for("vllm-tiny serving again after kill -9", vllm_serving,
-                    timeout=KILL9_BACK_WITHIN_S, every=0.5)
+                    timeout=KILL9_BACK_WITHIN_S, every=0.5, explain=vllm_state)
     print(f"kill -9 to serving again: {time.monotonic() - start:.1f} s "
           f"(port closed to serving {back:.1f} s)")
     assert ssh(WORKER, "systemctl show -p MainPID --value vllm-tiny") not in (pid, "0")
@@ -237,7 +239,7 @@ def test_reboot_brings_every_service_back_by_itself(
     print(f"{host}: SSH again {took:.1f} s after reboot")
     wait_for(f"{host}: {units} active", lambda: set(active(address, units).values()) == {"active"},
              timeout=180, every=1)
-    wait_for("vllm-tiny serving", vllm_serving, timeout=180, every=1)
+    wait_vllm_serving("vllm-tiny serving", timeout=180)
     wait_for("Prometheus ready", prometheus_ready, timeout=90)
     assert by_labels(query('up{job="node"}[1m]', at=at)) == by_labels(recorded), \
         "series lost in the reboot"
