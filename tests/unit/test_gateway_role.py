@@ -4,6 +4,7 @@ the gateway's own `vllm-gateway --check-config`."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -168,3 +169,31 @@ def test_unit_stops_after_the_gateway_s_own_shutdown_timeout() -> None:
     role_vars = yaml.safe_load((REPO / "roles/gateway/vars/main.yml").read_text())
     assert "gateway_shutdown_timeout_s | float + gateway_stop_grace_s" in role_vars[
         "__gateway_stop_timeout"]
+
+
+def test_site_checks_the_gateways_first_and_runs_them_after_the_workers(tmp_path: Path) -> None:
+    """site.yml's preflight runs the gateway role's checks on the gateways group (a bad value
+    stops the run naming it), and the gateway play comes after the workers' play."""
+    workers = {h: {**v, "ansible_connection": "local"} for h, v in WORKERS.items()}
+    gateway = {"ansible_connection": "local", "ansible_host": "127.0.0.1",
+               "ansible_python_interpreter": sys.executable, "gateway_worker_group": "gpu_eu"}
+    inventory = write_inventory(tmp_path, {"all": {"children": {
+        "gateways": {"hosts": {"gw1": gateway}},
+        # Not gpu_workers: the vllm and nvidia checks would look at this machine.
+        "gpu_eu": {"hosts": workers},
+    }}})  # fmt: skip
+    preflight = str(REPO / "playbooks/preflight.yml")
+    good = run_ansible_playbook(["-i", str(inventory), preflight], tmp_path)
+    assert good.returncode == 0, good.stdout + good.stderr
+    assert "gw1" in good.stdout and "Run each role's own checks" in good.stdout
+    bad = run_ansible_playbook(["-i", str(inventory), preflight, "-e", "gateway_queue_size=0"],
+                               tmp_path)
+    assert bad.returncode != 0
+    assert "gateway_queue_size=0" in bad.stdout, bad.stdout
+    listing = run_ansible_playbook(
+        ["-i", str(inventory), str(REPO / "site.yml"), "--list-tasks"], tmp_path)
+    assert listing.returncode == 0, listing.stdout + listing.stderr
+    plays = re.findall(r"^\s*play #\d+ \(([^)]*)\): (.*?)\s+TAGS:", listing.stdout, re.MULTILINE)
+    order = [hosts for hosts, _ in plays]
+    assert order.index("gpu_workers") < order.index("gateways") < order.index("monitoring"), plays
+    assert re.search(r"^\s+gateway : ", listing.stdout, re.MULTILINE), listing.stdout

@@ -11,6 +11,8 @@ INVENTORY: dict[str, Any] = {"all": {"children": {
     "monitoring": {"hosts": {"localhost": {"ansible_connection": "local",
                                            "ansible_host": "127.0.0.1"}}},
     "unreachable": {"hosts": {"mon-without-address": {}}},
+    "gateways": {"hosts": {"gw1": {"ansible_host": "192.0.2.20"}}},
+    "gateways_unaddressed": {"hosts": {"gw-without-address": {}}},
 }}}  # fmt: skip
 SOURCES = ["10.0.0.0/8", "fd00::/8", "192.0.2.7"]
 CASES: list[tuple[str, dict[str, Any], str | None]] = [
@@ -25,6 +27,12 @@ CASES: list[tuple[str, dict[str, Any], str | None]] = [
     ("monitoring host without address", {"metrics_firewall_enabled": True,
                                          "metrics_firewall_monitoring_group": "unreachable"},
      "mon-without-address (group unreachable) has no ansible_host"),
+    ("workers behind addressed gateways", {"metrics_firewall_enabled": True,
+                                           "metrics_firewall_api_from_gateways_only": True}, None),
+    ("gateway without address", {"metrics_firewall_enabled": True,
+                                 "metrics_firewall_api_from_gateways_only": True,
+                                 "metrics_firewall_gateway_group": "gateways_unaddressed"},
+     "gw-without-address (group gateways_unaddressed) has no ansible_host"),
 ]  # fmt: skip
 
 
