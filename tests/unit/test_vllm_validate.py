@@ -82,6 +82,8 @@ def cases(model: str) -> list[tuple[str, dict[str, Any], str | None]]:
         ("ready timeout not a number", {"vllm_ready_timeout": "soon"},
          "argument 'vllm_ready_timeout' is of type str"),
         ("zero stop timeout", {"vllm_stop_timeout": 0}, "vllm_stop_timeout=0"),
+        ("negative drain timeout", {"vllm_gateway_drain_timeout": -1},
+         "vllm_gateway_drain_timeout=-1"),
         ("vLLM as root", {"vllm_user": "root"}, "vllm_user=root"),
         ("unpinned vLLM", {"vllm_version": "latest"}, "vllm_version=latest"),
         ("listen address with a port", {"vllm_listen_address": "0.0.0.0:8000"},
