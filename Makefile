@@ -81,7 +81,9 @@ vllm-lock: | venv
 # timestamps: the same code gives the same wheel, so hosts reinstall only on a change), and the
 # dependencies' wheels of the role's hash lock for the hosts' Python 3.11 on x86_64. The role
 # copies the folder to each gateway host and installs from it with --no-index.
-GATEWAY_WHEELHOUSE := $(CACHE)/gateway-wheelhouse
+# Where roles/gateway reads it by default (gateway_wheelhouse_src); not a lab path: ops run
+# this target on their own controller too.
+GATEWAY_WHEELHOUSE ?= /var/cache/vllm-fleet/gateway-wheelhouse
 GATEWAY_LOCK := roles/gateway/files/locks/gateway-deps.txt
 .PHONY: gateway-wheelhouse
 gateway-wheelhouse: | venv
