@@ -107,6 +107,8 @@ def cases(tmp: Path) -> dict[str, tuple[dict[str, Any], str | None]]:
             f"vllm_python={py['broken']} on localhost does not run as a Python interpreter",
         ),
         "relative-path": ({**cpu, "vllm_python": "python3"}, "vllm_python=python3"),
+        # The platform check's own guard: site.yml and the role's entry point refuse this
+        # earlier, in the argument specs ("is of type str"); this case reaches the task alone.
         "provision-not-bool": ({**cpu, "vllm_python_provision": "sometimes"},
                                "vllm_python_provision=sometimes"),
         # --- vllm_python: auto -----------------------------------------------------------
