@@ -62,8 +62,18 @@ Checks, in order (independent ones run concurrently; one failure never stops the
   prometheus.<signal>  the same through Prometheus (waiting up to two scrape intervals):
                    counters equal the instance's /metrics after the load (other traffic:
                    at least), max_over_time of the gauges over the load > 0, up == 1
+  gateway.load     while the inventory's gateways group has hosts, after the workers' checks:
+                   per gateway and pool, the same load through the gateway's API port
+                   (completions + invalid requests); the first pool of each gateway keeps
+                   its workers' capacity + a margin (at most its queue_size) in flight until
+                   Prometheus has scraped gateway_queue_depth above 0
+  gateway.metrics.<signal>, gateway.prometheus.<signal>
+                   what templates/gateway-signals.yml expects, on the gateway's /metrics
+                   (its metrics port) and through Prometheus (job gateway): the six
+                   gateway_* families moved exactly as sent, every gateway_worker_up is 1
   dashboard        every panel query of every dashboard JSON returns data (panels whose
-                   description has a line "postcheck: n/a: <reason>" are listed as SKIP)
+                   description has a line "postcheck: n/a: <reason>" are listed as SKIP; the
+                   gateway dashboard's panels too while there is no gateway)
   grafana          (where Grafana runs) GET /api/health: database ok
   grafana.datasource  GET /api/datasources/uid/prometheus/health: status OK
   grafana.dashboard   every dashboard the grafana role provisions is in Grafana, found by
@@ -419,6 +429,12 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"Prometheus job of node_exporter (default {defaults.NODE_JOB})",
     )
     misc.add_argument(
+        "--gateway-job",
+        default=defaults.GATEWAY_JOB,
+        metavar="JOB",
+        help=f"Prometheus job of the gateways (default {defaults.GATEWAY_JOB})",
+    )
+    misc.add_argument(
         "--dashboards",
         type=Path,
         default=TEMPLATES / "dashboards",
@@ -431,6 +447,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=TEMPLATES / "signals.yml",
         metavar="FILE",
         help="signal definitions (default: the repo's templates/signals.yml)",
+    )
+    misc.add_argument(
+        "--gateway-signals",
+        type=Path,
+        default=paths.GATEWAY_SIGNALS,
+        metavar="FILE",
+        help="the gateway's signal definitions (default: the repo's "
+        "templates/gateway-signals.yml)",
     )
     misc.add_argument(
         "--vllm-metrics",
@@ -606,6 +630,8 @@ def main(argv: list[str] | None = None, out: TextIO | None = None) -> int:
             node_job=args.node_job,
             dashboards_dir=args.dashboards,
             signals=signals,
+            gateway_signals=load_signals(args.gateway_signals) if fleet.gateways else None,
+            gateway_job=args.gateway_job,
             versions=versions_plan(args, fleet, signals),
             grafana=grafana,
         )

@@ -9,6 +9,13 @@ from __future__ import annotations
 # Inventory groups.
 GPU_WORKERS_GROUP = "gpu_workers"
 MONITORING_GROUP = "monitoring"
+GATEWAYS_GROUP = "gateways"
+
+# roles/gateway/defaults/main.yml
+GATEWAY_API_PORT = 8000
+GATEWAY_METRICS_PORT = 8080
+GATEWAY_QUEUE_SIZE = 100
+GATEWAY_WORKER_GROUP = "gpu_workers"
 
 # roles/prometheus/defaults/main.yml
 PROMETHEUS_WEB_LISTEN_ADDRESS = "0.0.0.0:9090"
@@ -34,6 +41,7 @@ GRAFANA_GATEWAY_DASHBOARD = "gateway"
 # Prometheus job names the prometheus role renders from the inventory.
 VLLM_JOB = "vllm"
 NODE_JOB = "node"
+GATEWAY_JOB = "gateway"
 
 # The load (load.py). Every instance gets REQUESTS completions and INVALID_REQUESTS invalid
 # ones (unknown model) at most COUNTER_IN_FLIGHT at a time, enough to prove its counters; a

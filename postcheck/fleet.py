@@ -24,11 +24,45 @@ class Worker:
     # came from (capacity.py); None: unknown, the load finds it from the instance's gauges.
     capacity: int | None = None
     capacity_source: str = "not known (no inventory)"
+    # Where its /metrics is when not on the API's port (a gateway's); None: base_url/metrics.
+    metrics_url: str | None = None
 
     @property
     def instance(self) -> str:
-        """The `instance` label Prometheus gives this target: host:port of its URL."""
-        return host_port(self.base_url)
+        """The `instance` label Prometheus gives this target: host:port of its /metrics."""
+        return host_port(self.metrics_url or self.base_url)
+
+
+@dataclass(frozen=True)
+class GatewayPool:
+    """One model's pool on a gateway (roles/gateway: one per served model name)."""
+
+    model: str
+    capacity: int  # requests its workers run at once: their max-num-seqs, summed
+    queue_size: int  # requests it queues beyond that before answering 429
+    api_key: str | None = field(default=None, repr=False)  # its workers' vllm_api_key
+
+
+@dataclass(frozen=True)
+class Gateway:
+    """One host of the gateways group: an API port in front of the workers, /metrics apart."""
+
+    label: str  # the inventory host name
+    base_url: str  # the API, e.g. "http://10.0.0.9:8000"
+    metrics_url: str  # e.g. "http://10.0.0.9:8080/metrics"
+    pools: tuple[GatewayPool, ...]
+
+    def as_worker(self, pool: GatewayPool) -> Worker:
+        """What the load and the signal checks address: the gateway's API for one pool."""
+        return Worker(
+            label=f"{self.label}/{pool.model}",
+            base_url=self.base_url,
+            model=pool.model,
+            api_key=pool.api_key,
+            capacity=pool.capacity,
+            capacity_source="its workers' max-num-seqs, summed",
+            metrics_url=self.metrics_url,
+        )
 
 
 @dataclass(frozen=True)
@@ -47,6 +81,7 @@ class Fleet:
     grafana_verify_tls: bool = True  # grafana_validate_certs (external mode)
     # (user, password) when Prometheus has basic auth: prometheus_web_basic_auth_users' first.
     prometheus_auth: tuple[str, str] | None = None
+    gateways: tuple[Gateway, ...] = ()
 
     @property
     def secrets(self) -> tuple[str, ...]:

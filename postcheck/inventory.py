@@ -22,7 +22,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -31,6 +31,8 @@ from postcheck import defaults
 from postcheck.capacity import instance_capacity
 from postcheck.fleet import (
     Fleet,
+    Gateway,
+    GatewayPool,
     UsageError,
     Worker,
     format_host,
@@ -228,6 +230,60 @@ def _prometheus_auth(
     return user, str(_plain(raw, f"prometheus_web_basic_auth_users.{user} of {mon}"))
 
 
+def _gateways(
+    data: Mapping[str, Any],
+    hv: Callable[[str], Mapping[str, Any]],
+    api_key: Callable[[str], str | None],
+) -> tuple[Gateway, ...]:
+    """The gateways group, as roles/gateway renders its pools (templates/pools.json.j2): one
+    pool per served model name of its worker group's vllm_instances, in their order."""
+    gateways: list[Gateway] = []
+    for gw in group_hosts(data, defaults.GATEWAYS_GROUP):
+        v = hv(gw)
+
+        def var(name: str, default: Any, v: Mapping[str, Any] = v, gw: str = gw) -> Any:
+            return _plain(v.get(name, default), f"{name} of {gw}")
+
+        group = str(var("gateway_worker_group", defaults.GATEWAY_WORKER_GROUP))
+        overrides = var("gateway_pool_overrides", {}) or {}
+        pools: dict[str, list[Any]] = {}
+        for host in group_hosts(data, group):
+            for inst, _, model, args in _instances(host, hv(host)):
+                capacity, _ = _capacity(host, inst, hv(host), args)
+                pool = pools.setdefault(model, [0, api_key(host)])
+                pool[0] += capacity
+        if not pools:
+            raise UsageError(f"gateway {gw}: its gateway_worker_group {group!r} has no hosts")
+        address = format_host(host_address(gw, v))
+        ports = [var("gateway_api_port", defaults.GATEWAY_API_PORT),
+                 var("gateway_metrics_port", defaults.GATEWAY_METRICS_PORT)]
+        try:
+            api_port, metrics_port = (int(p) for p in ports)
+            queue = int(var("gateway_queue_size", defaults.GATEWAY_QUEUE_SIZE))
+        except (TypeError, ValueError):
+            raise UsageError(
+                f"gateway {gw}: gateway_api_port, gateway_metrics_port and gateway_queue_size "
+                f"must be numbers (got {ports!r})"
+            ) from None
+        gateways.append(
+            Gateway(
+                label=gw,
+                base_url=f"http://{address}:{api_port}",
+                metrics_url=f"http://{address}:{metrics_port}/metrics",
+                pools=tuple(
+                    GatewayPool(
+                        model=model,
+                        capacity=capacity,
+                        queue_size=int((overrides.get(model) or {}).get("queue_size", queue)),
+                        api_key=key,
+                    )
+                    for model, (capacity, key) in pools.items()
+                ),
+            )
+        )
+    return tuple(gateways)
+
+
 def fleet_from_inventory(
     data: Mapping[str, Any],
     *,
@@ -325,6 +381,9 @@ def fleet_from_inventory(
         grafana_dashboards=grafana.dashboards,
         grafana_verify_tls=grafana.verify_tls,
         prometheus_auth=auth,
+        gateways=_gateways(
+            data, hv, lambda host: api_key_override or _api_key(host, hv(host), vault_password_file)
+        ),
     )
 
 

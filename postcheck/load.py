@@ -235,7 +235,7 @@ class _Instance:
         self.t0 = 0.0
         base = target.worker.base_url
         self.url_completions = f"{base}/v1/completions"
-        self.url_metrics = f"{base}/metrics"
+        self.url_metrics = target.worker.metrics_url or f"{base}/metrics"
         self.bodies = {
             flag: json.dumps(
                 completion_body(INVALID_MODEL if flag else target.model, self.plan.max_tokens)

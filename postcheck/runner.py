@@ -73,6 +73,8 @@ class Options:
     load_deadline_s: float | None = None  # None: from the scrape interval
     traffic_window_s: float = defaults.TRAFFIC_WINDOW_S
     load_timeout_s: float | None = None  # one load request; None: from measurement
+    gateway_signals: SignalSet | None = None  # None: no load through the gateways
+    gateway_job: str = defaults.GATEWAY_JOB
 
 
 def _parallel(jobs: list[Callable[[], Any]], max_threads: int = MAX_THREADS) -> list[Any]:
@@ -102,8 +104,9 @@ class Run:
         self.load_seconds = options.load_seconds or 0.0
         self.load_deadline_s = options.load_deadline_s or load_deadline(interval)
         self.probes: dict[str, str] = {}  # model -> the instances that prove its queue
-        self.watch: PrometheusQueueWatch | None = None
+        self.watches: dict[str, PrometheusQueueWatch] = {}  # by check: load, gateway.load
         self.loads: dict[str, dict[str, object]] = {}
+        self.gateway_loads: dict[str, dict[str, object]] = {}
         self.versions: dict[str, str | None] = {}
 
     def prometheus_deadline(self) -> float:
@@ -212,12 +215,6 @@ class Run:
         )
 
     def phase_load(self, states: list[WorkerState]) -> dict[str, LoadOutcome]:
-        signals = self.opt.signals.signals
-        counters = [m for s in signals for m in s.metrics if m.kind == "counter_delta"]
-        gauges = sorted(
-            {m.name for s in signals for m in s.metrics if m.kind == "gauge_seen_above_zero"}
-        )
-        keep = {m.name for s in signals for m in s.metrics if m.kind == "present"}
         loadable = []
         for state in states:
             if state.not_loadable or state.model is None:
@@ -237,11 +234,31 @@ class Run:
             )
             for s in loadable
         ]
+        return self.run_loads(targets, self.opt.signals, self.opt.vllm_job, "load", self.loads)
+
+    def run_loads(
+        self,
+        targets: list[LoadTarget],
+        signals: SignalSet,
+        job: str,
+        check: str,
+        store: dict[str, dict[str, object]],
+    ) -> dict[str, LoadOutcome]:
+        """Load the targets at once; each one's verdict is the check `check`, its figures go
+        into `store` (the JSON report)."""
+        sigs = signals.signals
+        counters = [m for s in sigs for m in s.metrics if m.kind == "counter_delta"]
+        gauges = sorted(
+            {m.name for s in sigs for m in s.metrics if m.kind == "gauge_seen_above_zero"}
+        )
+        keep = {m.name for s in sigs for m in s.metrics if m.kind in ("present", "all_one")}
         prom_ok = self.prom is not None and self.prom_down is None
-        if prom_ok and chosen and gauges:
+        watch = None
+        if prom_ok and gauges and any(t.plan.probe for t in targets):
             assert self.prom is not None
-            self.watch = PrometheusQueueWatch(self.prom, self.opt.vllm_job, gauges, self.poll_s)
-        return asyncio.run(self.loads_async(targets, counters, gauges, keep))
+            watch = self.watches[check] = PrometheusQueueWatch(self.prom, job, gauges, self.poll_s)
+        ctx = (counters, gauges, keep, watch, check, store)
+        return asyncio.run(self.loads_async(targets, *ctx))
 
     async def loads_async(
         self,
@@ -249,14 +266,17 @@ class Run:
         counters: list[MetricExpectation],
         gauges: list[str],
         keep: set[str],
+        watch: PrometheusQueueWatch | None,
+        check: str,
+        store: dict[str, dict[str, object]],
     ) -> dict[str, LoadOutcome]:
-        """Every instance at once, within the open-files budget (beyond it, loads wait)."""
+        """Every target at once, within the open-files budget (beyond it, loads wait)."""
         outcomes: dict[str, LoadOutcome] = {}
         deadline = time.monotonic() + self.load_deadline_s
         budget = SocketBudget(_open_files_budget())
-        ctx = LoadContext(counters, gauges, keep, deadline, self.watch, budget)
+        ctx = LoadContext(counters, gauges, keep, deadline, watch, budget)
         stop = asyncio.Event()
-        watcher = asyncio.ensure_future(self.watch.run(stop)) if self.watch else None
+        watcher = asyncio.ensure_future(watch.run(stop)) if watch else None
 
         async def one(t: LoadTarget) -> None:
             start = time.monotonic()
@@ -270,29 +290,28 @@ class Run:
             try:
                 outcome = await load_instance(t, ctx)
             except CheckFailed as exc:
-                self.loads[label] = info
-                self.rep.record("load", label, "fail", str(exc), time.monotonic() - start)
+                store[label] = info
+                self.rep.record(check, label, "fail", str(exc), time.monotonic() - start)
                 return
             except Exception as exc:  # a bug or an odd answer: this check fails, not the run
                 detail = f"unexpected {type(exc).__name__}: {exc}"
-                self.rep.record("load", label, "fail", detail, time.monotonic() - start)
+                self.rep.record(check, label, "fail", detail, time.monotonic() - start)
                 return
             outcomes[label] = outcome
             r = outcome.result
-            self.loads[label] = {**info, **r.as_json()}
+            store[label] = {**info, **r.as_json()}
+            proven_on = self.probes_text() if check == "load" else "the gateway's first pool"
             role = f"queue probe, capacity {t.worker.capacity_source}" if t.plan.probe else (
-                f"counters only (queue proven on {self.probes_text()})"
+                f"counters only (queue proven on {proven_on})"
             )
             detail = f"{role}; timeout {t.plan.timeout_s:.1f}s/request; {r.summary()}"
             if t.plan.probe and r.proven_after_s is None and not r.errors:
                 detail += f"; queue NOT proven within the {self.load_deadline_s:g}s deadline"
             if r.errors:
                 listed = "; ".join(f"{n}x {text}" for text, n in r.errors.most_common(3))
-                self.rep.record(
-                    "load", label, "fail", f"{detail}; failures: {listed}", r.seconds
-                )
+                self.rep.record(check, label, "fail", f"{detail}; failures: {listed}", r.seconds)
             else:
-                self.rep.record("load", label, "pass", detail, r.seconds)
+                self.rep.record(check, label, "pass", detail, r.seconds)
 
         try:
             await asyncio.gather(*(one(t) for t in targets))
@@ -307,41 +326,93 @@ class Run:
 
     # phase 3 -------------------------------------------------------------------------
     def phase_signals(self, states: list[WorkerState], outcomes: dict[str, LoadOutcome]) -> None:
+        elsewhere = f"--queue-probe {self.opt.queue_probe}: proven on {self.probes_text()}"
+        workers = [s.worker for s in states]
+        self.check_signals(workers, outcomes, self.opt.signals, self.opt.vllm_job, "", elsewhere)
+
+    def check_signals(
+        self,
+        workers: list[Worker],
+        outcomes: dict[str, LoadOutcome],
+        signals: SignalSet,
+        job: str,
+        prefix: str,
+        elsewhere: str,
+    ) -> None:
+        """Every expectation of `signals` for every loaded worker: on its /metrics, then
+        through Prometheus (job `job`), all polled together. Check names start with prefix."""
         deadline = self.prometheus_deadline()
         prom_ok = self.prom is not None and self.prom_down is None
         probes: list[Probe] = []
-        for state in states:
-            w = state.worker
+        for w in workers:
             outcome = outcomes.get(w.label)
             if outcome is None:
                 self.rep.skip(
-                    "signals", w.label, "instance was not loaded (see load): signals not checked"
+                    f"{prefix}signals", w.label, "not loaded (see load): signals not checked"
                 )
                 continue
-            elsewhere = f"--queue-probe {self.opt.queue_probe}: proven on {self.probes_text()}"
-            for sig in self.opt.signals.signals:
+            for sig in signals.signals:
                 for exp in sig.metrics:
                     if exp.kind != "up":  # /metrics: already read, nothing to wait for
-                        name = f"metrics.{sig.id}:{exp.selector}"
+                        name = f"{prefix}metrics.{sig.id}:{exp.selector}"
                         self.rep.run(name, w.label, metrics_check(exp, outcome, elsewhere))
                     if prom_ok:
-                        name = f"prometheus.{sig.id}:{exp.selector}"
+                        name = f"{prefix}prometheus.{sig.id}:{exp.selector}"
                         probes.append(
                             signal_probe(
-                                name,
-                                exp,
-                                w,
-                                self.opt.vllm_job,
-                                outcome,
-                                deadline,
-                                self.poll_s,
-                                elsewhere,
+                                name, exp, w, job, outcome, deadline, self.poll_s, elsewhere
                             )
                         )
             if not prom_ok:
-                self.rep.skip("prometheus.signals", w.label, f"{self.prom_down}")
+                self.rep.skip(f"{prefix}prometheus.signals", w.label, f"{self.prom_down}")
         if probes:
             self.poll(probes)
+
+    # phase 3b ------------------------------------------------------------------------
+    def phase_gateways(self, states: list[WorkerState]) -> None:
+        """A load through each gateway (templates/gateway-signals.yml), after the workers'
+        own: the workers' counters are settled by now, the gateway's move alone. One pool of
+        every gateway at a time (a round); the first pool of each is its queue probe."""
+        gateways = self.fleet.gateways
+        signals = self.opt.gateway_signals
+        if not gateways or signals is None:
+            return
+        one_s: dict[str, float] = {}  # model -> its slowest single completion
+        for st in states:
+            if st.model is not None and st.completion_s:
+                one_s[str(st.model)] = max(one_s.get(str(st.model), 0.0), st.completion_s)
+        for k in range(max(len(g.pools) for g in gateways)):
+            targets = []
+            for g in gateways:
+                if k >= len(g.pools):
+                    continue
+                pool = g.pools[k]
+                worker = g.as_worker(pool)
+                if k == 0:
+                    in_flight = pool.capacity + min(queue_margin(pool.capacity), pool.queue_size)
+                else:
+                    in_flight = min(defaults.COUNTER_IN_FLIGHT, pool.capacity)
+                timeout = self.opt.load_timeout_s or request_timeout(
+                    one_s.get(pool.model, 1.0), self.opt.max_tokens, in_flight, pool.capacity,
+                    self.load_deadline_s,
+                )
+                plan = LoadPlan(
+                    completions=self.opt.requests,
+                    invalid=self.opt.invalid,
+                    in_flight=in_flight,
+                    max_tokens=self.opt.max_tokens,
+                    timeout_s=timeout,
+                    probe=k == 0,
+                    min_seconds=self.load_seconds,
+                    poll_interval_s=defaults.POLL_INTERVAL_S,
+                    traffic_window_s=self.opt.traffic_window_s,
+                )
+                targets.append(LoadTarget(worker, pool.model, plan))
+            job = self.opt.gateway_job
+            outcomes = self.run_loads(targets, signals, job, "gateway.load", self.gateway_loads)
+            elsewhere = "the queue is proven on the first pool of each gateway"
+            workers = [t.worker for t in targets]
+            self.check_signals(workers, outcomes, signals, job, "gateway.", elsewhere)
 
     # phase 4 -------------------------------------------------------------------------
     def phase_rules(self) -> None:
@@ -399,6 +470,12 @@ class Run:
         deadline = time.monotonic() + self.fleet.scrape_interval_s + self.slack_s
         jobs: list[Callable[[], Any]] = []
         for dash in dashboards:
+            gateway_dashboard = Path(dash.file).stem == defaults.GRAFANA_GATEWAY_DASHBOARD
+            if gateway_dashboard and not self.fleet.gateways:
+                why = f"n/a: no host in group {defaults.GATEWAYS_GROUP} (nothing exposes gateway_*)"
+                for q in panel_queries(dash)[0]:
+                    self.rep.skip("dashboard", f"{q.dashboard} > {q.title} [{q.ref_id}]", why)
+                continue
             values = variable_values(
                 dash.data,
                 job=self.opt.vllm_job,
@@ -520,6 +597,7 @@ def run(fleet: Fleet, options: Options, reporter: Reporter) -> dict[str, Any]:
     load_started = time.time()
     outcomes = r.phase_load(states)
     r.phase_signals(states, outcomes)
+    r.phase_gateways(states)
     r.phase_rules()
     r.phase_dashboards(load_started)
     return {
@@ -546,11 +624,18 @@ def run(fleet: Fleet, options: Options, reporter: Reporter) -> dict[str, Any]:
             "queue_probes": r.probes,
             "traffic_window_s": options.traffic_window_s,
             "prometheus_queue_watch": (
-                {"queries": r.watch.queries, "errors": dict(r.watch.errors)} if r.watch else None
+                {"queries": w.queries, "errors": dict(w.errors)}
+                if (w := r.watches.get("load"))
+                else None
             ),
             "other_traffic": sorted(
                 label for label, info in r.loads.items() if info.get("other_traffic")
             ),
             "instances": r.loads,
+        },
+        "gateways": {
+            "job": options.gateway_job,
+            "hosts": [g.label for g in fleet.gateways],
+            "loads": r.gateway_loads,
         },
     }

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from postcheck import defaults
 from postcheck.fleet import Worker, prom_duration
@@ -95,9 +95,19 @@ def metrics_check(
         if exp.kind == "present":
             n = len(outcome.after.matching(exp.name, exp.labels))
             return f"{sel}: {n} series"
+        if exp.kind == "all_one":
+            series = outcome.after.matching(exp.name, exp.labels)
+            low = sorted(_series_text(s.labels) for s in series if s.value != 1)
+            if low:
+                raise CheckFailed(f"{sel}: not 1 after the load: {', '.join(low[:10])}")
+            return f"{sel}: all {len(series)} series read 1"
         raise CheckFailed(f"{sel}: expectation {exp.kind} has no /metrics side")
 
     return check
+
+
+def _series_text(labels: Mapping[str, str]) -> str:
+    return "{" + ",".join(f'{k}="{v}"' for k, v in sorted(labels.items())) + "}"
 
 
 def _known(instances: set[str]) -> str:
@@ -269,6 +279,23 @@ class PresentProbe(_SignalProbe):
         return f"{detail}: series missing in Prometheus"
 
 
+class AllOneProbe(_SignalProbe):
+    """min(gauge) == 1: every series reads 1 (every worker ready in the gateway's view)."""
+
+    def query(self) -> str:
+        return f"min by (instance) ({self.batch_sel})"
+
+    def attempt(self, result: list[Series]) -> tuple[bool, str]:
+        value = self.value(result)
+        shown = "no data" if value is None else value_text(value)
+        return value == 1, f"min({self.sel}) = {shown}"
+
+    def failure(self, detail: str, result: list[Series] | None) -> str:
+        if result is None:
+            return detail
+        return f"{detail}: not every series reads 1 in Prometheus"
+
+
 def signal_probe(
     name: str,
     exp: MetricExpectation,
@@ -294,4 +321,6 @@ def signal_probe(
         return GaugeProbe(name, worker, exp, job, deadline, outcome.result.started_at, poll_s)
     if exp.kind == "present":
         return PresentProbe(name, worker, exp, job, deadline)
+    if exp.kind == "all_one":
+        return AllOneProbe(name, worker, exp, job, deadline)
     raise ValueError(f"expectation {exp.kind} has no Prometheus side")

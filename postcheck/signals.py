@@ -1,4 +1,5 @@
-"""templates/signals.yml: the signals the dashboard draws and the post-check asserts."""
+"""templates/signals.yml (vLLM) and templates/gateway-signals.yml (the gateway): the signals
+a dashboard draws and the post-check asserts."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import yaml
 
 from postcheck.fleet import UsageError
 
-Kind = Literal["counter_delta", "gauge_seen_above_zero", "present", "up"]
+Kind = Literal["counter_delta", "gauge_seen_above_zero", "present", "up", "all_one"]
 DELTA_NAMES = ("requests", "invalid_requests")
 
 
@@ -59,7 +60,7 @@ def _expectation(raw: Any, where: str) -> MetricExpectation:
         kind, delta = "counter_delta", expect["counter_delta"]
         if not (delta in DELTA_NAMES or (isinstance(delta, int) and not isinstance(delta, bool))):
             raise UsageError(f"{where}: counter_delta must be one of {DELTA_NAMES} or a number")
-    elif expect in ("gauge_seen_above_zero", "present", "up"):
+    elif expect in ("gauge_seen_above_zero", "present", "up", "all_one"):
         kind = expect
     else:
         raise UsageError(f"{where}: unknown expect {expect!r}")

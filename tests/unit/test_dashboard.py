@@ -13,6 +13,7 @@ import pytest
 import yaml
 from conftest import TEMPLATES
 
+from gateway.metrics import Metrics
 from postcheck.dashboards import (
     VARIABLE,
     Dashboard,
@@ -76,7 +77,6 @@ GATEWAY = {  # the design's gateway (job gateway), a later milestone
 }
 # Panels that cannot have data on the lab say why; the post-check lists them as skipped.
 NA_GPU = "no NVIDIA GPU exporter on this fleet"
-NA_GATEWAY = "no gateway on this fleet"
 SIGNAL_PANELS = (
     "Worker up/down",
     "Queue depth",
@@ -176,14 +176,13 @@ def test_dashboard_panels_do_not_overlap(path: Path) -> None:
 
 @pytest.mark.parametrize("path", DASHBOARDS, ids=lambda p: p.name)
 def test_panels_without_data_on_the_lab_say_why_and_only_those(path: Path) -> None:
-    """GPU and gateway panels cannot have data on the lab; every other panel must, so it
-    carries no n/a marker and the post-check runs its queries."""
+    """GPU panels cannot have data on the lab; every other panel must, so it carries no n/a
+    marker and the post-check runs its queries (the gateway's: while the gateways group has
+    hosts, as on the lab; without, the post-check skips them, saying so)."""
     for p in iter_panels(load(path)["panels"]):
         names = set().union(*(metric_names(t["expr"]) for t in p.get("targets", [])))
         if names & DCGM:
             expected: str | None = NA_GPU
-        elif names & GATEWAY:
-            expected = NA_GATEWAY
         else:
             expected = None
         assert na_reason(p) == expected, p["title"]
@@ -422,7 +421,17 @@ def test_gateway_dashboard() -> None:
     for expr in all_exprs(dash):
         for _, matchers in selectors(expr):
             assert 'job=~"$gateway_job"' in matchers and 'host=~"$host"' in matchers, expr
-    assert {na_reason(p) for p in iter_panels(dash["panels"])} == {NA_GATEWAY}
+    assert {na_reason(p) for p in iter_panels(dash["panels"])} == {None}
+
+
+@pytest.mark.parametrize("path", DASHBOARDS, ids=lambda p: p.name)
+def test_dashboards_link_to_each_other(path: Path) -> None:
+    """The design's "two tabs": every dashboard is tagged vllm and links to every dashboard
+    tagged vllm (the fleet, the gateway, the GPU hosts), keeping the time range."""
+    dash = load(path)
+    assert "vllm" in dash["tags"]
+    links = [lk for lk in dash["links"] if lk["type"] == "dashboards"]
+    assert [lk["tags"] for lk in links] == [["vllm"]] and links[0]["keepTime"] is True
 
 
 def test_fleet_dashboard_queries_are_valid_promql() -> None:
@@ -494,17 +503,33 @@ def test_signals_define_the_six_design_signals() -> None:
     assert kinds == {"counter_delta", "gauge_seen_above_zero", "present", "up"}
 
 
-def test_signals_map_to_dashboard_panels_that_query_their_metrics() -> None:
-    sigs = load_signals(TEMPLATES / "signals.yml")
-    panels = {p["title"]: p for p in iter_panels(load(FLEET)["panels"])}
+@pytest.mark.parametrize("file", ["signals.yml", "gateway-signals.yml"])
+def test_signals_map_to_dashboard_panels_that_query_their_metrics(file: str) -> None:
+    sigs = load_signals(TEMPLATES / file)
+    dashboard = TEMPLATES / "dashboards" / sigs.dashboard
+    panels = {p["title"]: p for p in iter_panels(load(dashboard)["panels"])}
     for sig in sigs.signals:
         assert sig.panels, sig.id
         for title in sig.panels:
-            assert title in panels, f"{sig.id}: no panel {title!r} in {FLEET.name}"
+            assert title in panels, f"{sig.id}: no panel {title!r} in {dashboard.name}"
         text = " ".join(t["expr"] for title in sig.panels for t in panels[title]["targets"])
         for m in sig.metrics:
             family = re.sub(r"_(bucket|count|sum)$", "", m.name)
             assert family in text, f"{sig.id}: panels {sig.panels} do not query {family}"
+
+
+def test_gateway_signals_cover_the_six_families_the_gateway_exposes() -> None:
+    """One definition: templates/gateway-signals.yml names exactly the families the gateway's
+    registry exposes (gateway/metrics.py), and every panel of gateway.json draws a signal."""
+    sigs = load_signals(TEMPLATES / "gateway-signals.yml")
+    assert sigs.dashboard == "gateway.json"
+    exposed = Metrics(["m"], [("w", "m")]).exposition().decode()
+    families = {line.split()[2] for line in exposed.splitlines() if line.startswith("# TYPE")}
+    named = {re.sub(r"_(bucket|count|sum)$", "", m.name) for s in sigs.signals for m in s.metrics}
+    assert named - {"up"} == families and len(families) == 6
+    drawn = {t for s in sigs.signals for t in s.panels}
+    dash = load(TEMPLATES / "dashboards" / "gateway.json")
+    assert drawn == {p["title"] for p in iter_panels(dash["panels"]) if p.get("targets")}
 
 
 def test_signals_name_only_vllm_032_metrics() -> None:
