@@ -32,7 +32,7 @@ help:
 	@echo "               the whole stack on a lab (converge, Ansible floor, exposure, memory)"
 
 # ---------------------------------------------------------------- set-up (idempotent)
-setup: apt venv wheelhouse wheel-mirror model image mirror
+setup: apt venv wheelhouse wheel-mirror model image mirror gateway-wheelhouse
 
 apt:
 	@if ! dpkg -s $(APT_PACKAGES) >/dev/null 2>&1; then \
@@ -125,7 +125,8 @@ postcheck:
 demo: deploy
 	@echo
 	@echo "Prometheus:  http://10.231.0.11:9090   (targets: /targets)"
-	@echo "vLLM:        http://10.231.0.10:8000/v1/models"
+	@echo "Gateway:     http://10.231.0.12:8000/v1/models   (one entry point; /metrics on :8080)"
+	@echo "vLLM:        http://10.231.0.10:8000/v1/models and :8001   (the gateway's two workers)"
 	@echo "Grafana:     not run here (no package); provisioning in lab-mon1:/etc/grafana/provisioning"
 	@echo "Post-check:  postcheck-report.json"
 	@echo "Report:      $(CURDIR)/postcheck-report.html   (one self-contained page: open it in a browser)"

@@ -15,7 +15,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from gateway import __version__, logs
+from gateway import __version__, logs, systemd
 from gateway.config import Config, ConfigError, load
 from gateway.server import Gateway
 
@@ -55,7 +55,9 @@ async def serve(config: Config, log_level: str) -> int:
         except OSError as exc:
             logs.event(logger, "start_failed", logging.ERROR, error=str(exc))
             return EXIT_FAILED
+        systemd.notify("READY=1")
         await stop.wait()
+        systemd.notify("STOPPING=1")
         await gateway.shutdown()
         return EXIT_OK
     finally:

@@ -1,7 +1,8 @@
 """Active health checks (GET /health on every worker) with rise and fall thresholds.
 
 A worker starts not ready. Its first good check makes it ready (so a gateway starting in
-front of a serving fleet is ready after one check); after that it goes down after ``fall``
+front of a serving fleet is ready after one check, which start() waits for: a gateway that
+says it started routes at once); after that it goes down after ``fall``
 consecutive bad checks and comes back after ``rise`` consecutive good ones. A connect failure
 while proxying marks it down at once (``mark_down``); it then needs ``rise`` good checks.
 """
@@ -60,6 +61,10 @@ class HealthChecker:
             timeout=aiohttp.ClientTimeout(total=self._config.timeout_s),
             connector=aiohttp.TCPConnector(limit=0, force_close=True),
         )
+        first = await asyncio.gather(*(self.probe(w) for w in self._workers))
+        for worker, ok in zip(self._workers, first, strict=True):
+            if observe(worker, ok, self._config.rise, self._config.fall):
+                self._on_change(worker)
         self._tasks = [asyncio.create_task(self._loop(w), name=f"health {w.name}")
                        for w in self._workers]
 
@@ -82,8 +87,8 @@ class HealthChecker:
             return False
 
     async def _loop(self, worker: Worker) -> None:
-        while True:
+        while True:  # the first check was start()'s
+            await asyncio.sleep(self._config.interval_s)
             ok = await self.probe(worker)
             if observe(worker, ok, self._config.rise, self._config.fall):
                 self._on_change(worker)
-            await asyncio.sleep(self._config.interval_s)

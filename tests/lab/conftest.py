@@ -51,6 +51,12 @@ def lab() -> Iterator[dict[str, object]]:
     """The demo lab from inventory/lab, booted fresh for the session and removed after."""
     if os.geteuid() != 0:
         pytest.fail("lab tests need root (systemd-nspawn, mounts, bridges)")
+    if os.environ.get("LAB_REUSE") == "1":  # a developer's running demo lab, kept as it is
+        status = json.loads(run([str(LABCTL), "status"]).stdout)
+        demo = [lab for lab in status if lab["lab"] == "demo"]
+        if demo and all(h["running"] for h in demo[0]["hosts"]):
+            yield demo[0]
+            return
     run([str(LABCTL), "down", "--lab", "demo"])
     up = run([str(LABCTL), "up", "--lab", "demo", "--subnet", "10.231.0.0/24",
               "--inventory", str(LAB_INVENTORY), *LAB_BINDS])

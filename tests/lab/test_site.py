@@ -152,6 +152,8 @@ BAD_INPUTS = [
     ("alertmanager: cluster peers without this host",
      {"alertmanager_cluster_peers": ["10.231.0.98:9094", "10.231.0.99:9094"]},
      "this host's 10.231.0.11:9094"),
+    # gateway: on the gateway host (lab-gw1); the worker and the monitoring host stop too.
+    ("gateway queue size 0", {"gateway_queue_size": 0}, "gateway_queue_size=0 (1 or more"),
     # nvidia_driver: the worker's PCI bus (no NVSwitch).
     ("fabric manager forced without NVSwitch", {"nvidia_driver_fabricmanager": True},
      "nvidia_driver_fabricmanager=True on lab-worker1, which has no NVSwitch"),

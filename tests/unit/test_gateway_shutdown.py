@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import signal
+import socket
 import sys
 from pathlib import Path
 from typing import Any
@@ -118,6 +120,49 @@ def test_sigterm_exits_0_after_the_shutdown_timeout(tmp_path: Path) -> None:
         await read_log(proc, log)
         assert next(e for e in log if e["event"] == "stopped")["drained"] is False
         worker.release()
+        await worker.stop()
+
+    run(scenario)
+
+
+def test_ready_is_notified_once_it_routes_and_stopping_on_sigterm(tmp_path: Path) -> None:
+    """Type=notify (roles/gateway's unit): READY=1 reaches $NOTIFY_SOCKET only after the
+    ports listen and the first health check found the worker ready, so `systemctl restart`
+    returns to a gateway that routes; STOPPING=1 on SIGTERM."""
+
+    async def scenario() -> None:
+        worker = await FakeWorker(model="m").start()
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        sock.bind(str(tmp_path / "notify"))
+        sock.setblocking(False)
+        cfg = {
+            "api": {"host": "127.0.0.1", "port": 0},
+            "metrics": {"host": "127.0.0.1", "port": 0},
+            "health": {"interval_s": 30, "timeout_s": 1},  # no check after the first
+            "pools": [{"model": "m", "workers": [{"name": "w", "url": worker.url,
+                                                  "capacity": 2}]}],
+        }
+        (tmp_path / "gateway.yml").write_text(yaml.safe_dump(cfg))
+        proc = await asyncio.create_subprocess_exec(
+            SCRIPT, "--config", str(tmp_path / "gateway.yml"), stderr=asyncio.subprocess.PIPE,
+            env={**os.environ, "NOTIFY_SOCKET": str(tmp_path / "notify")})
+        loop = asyncio.get_running_loop()
+        ready = await asyncio.wait_for(loop.sock_recv(sock, 64), 15)
+        assert ready == b"READY=1"
+        assert proc.stderr is not None
+        started = json.loads(await proc.stderr.readline())
+        assert started["event"] in ("worker_state", "started")
+        lines = [started]
+        while lines[-1]["event"] != "started":
+            lines.append(json.loads(await proc.stderr.readline()))
+        api = f"http://{lines[-1]['api']}"
+        async with aiohttp.ClientSession() as s, s.post(
+                f"{api}/v1/completions", json={"model": "m", "prompt": "x"}) as r:
+            assert r.status == 200  # at once: no wait for a health interval (30 s here)
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(loop.sock_recv(sock, 64), 15) == b"STOPPING=1"
+        assert await asyncio.wait_for(proc.wait(), 15) == 0
+        sock.close()
         await worker.stop()
 
     run(scenario)
