@@ -79,20 +79,24 @@ vllm-lock: | venv
 # The gateway's wheelhouse (roles/gateway, air-gapped like vLLM's): the project's own wheel
 # (vllm-fleet-postcheck: the postcheck and gateway packages), rebuilt every time (fixed zip
 # timestamps: the same code gives the same wheel, so hosts reinstall only on a change), and the
-# dependencies' wheels of the role's hash lock for the hosts' Python 3.11 on x86_64. The role
+# dependencies' wheels of the role's hash locks for the hosts' Pythons (3.10-3.12) on x86_64. The role
 # copies the folder to each gateway host and installs from it with --no-index.
 # Where roles/gateway reads it by default (gateway_wheelhouse_src); not a lab path: ops run
 # this target on their own controller too.
 GATEWAY_WHEELHOUSE ?= /var/cache/vllm-fleet/gateway-wheelhouse
-GATEWAY_LOCK := roles/gateway/files/locks/gateway-deps.txt
+# One lock per Python the role supports (Ubuntu 22.04's 3.10, Debian 12's 3.11, Ubuntu 24.04's 3.12).
+GATEWAY_PYTHONS := 3.10 3.11 3.12
 .PHONY: gateway-wheelhouse
 gateway-wheelhouse: | venv
 	mkdir -p $(GATEWAY_WHEELHOUSE)
 	rm -f $(GATEWAY_WHEELHOUSE)/vllm_fleet_postcheck-*.whl
 	SOURCE_DATE_EPOCH=315532800 $(BIN)/pip wheel -q --no-deps --wheel-dir $(GATEWAY_WHEELHOUSE) . && rm -rf build
-	$(BIN)/pip download -q --no-deps --require-hashes --only-binary=:all: --python-version 3.11 \
-	  --platform manylinux_2_28_x86_64 --platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 \
-	  --implementation cp --dest $(GATEWAY_WHEELHOUSE) -r $(GATEWAY_LOCK)
+	for py in $(GATEWAY_PYTHONS); do \
+	  $(BIN)/pip download -q --no-deps --require-hashes --only-binary=:all: --python-version $$py \
+	    --platform manylinux_2_28_x86_64 --platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 \
+	    --platform manylinux1_x86_64 --platform manylinux_2_5_x86_64 \
+	    --implementation cp --dest $(GATEWAY_WHEELHOUSE) -r roles/gateway/files/locks/gateway-deps-py$$py.txt || exit 1; \
+	done
 
 model: $(MODELS)/tiny-llama/config.json
 $(MODELS)/tiny-llama/config.json: lab/make_tiny_model.py | venv

@@ -4,12 +4,14 @@ the gateway's own `vllm-gateway --check-config`."""
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 from conftest import REPO, check_validate_cases, run_ansible_playbook, write_inventory
 
@@ -100,14 +102,18 @@ CASES: list[tuple[str, dict[str, Any], str | None]] = [
 
 
 def test_validate_refuses_bad_options_naming_them(tmp_path: Path) -> None:
-    # A stand-in interpreter (a script, named as such) that says it is Ubuntu 24.04's Python.
-    py312 = tmp_path / "stand-in-python3.12"
-    py312.write_text("#!/bin/sh\necho 3.12\n")
-    py312.chmod(0o755)
+    # Stand-in interpreters (scripts, named as such) that say they are Ubuntu 24.04's Python
+    # and Debian 13's.
+    py312, py313 = tmp_path / "stand-in-python3.12", tmp_path / "stand-in-python3.13"
+    for stand_in, version in ((py312, "3.12"), (py313, "3.13")):
+        stand_in.write_text(f"#!/bin/sh\necho {version}\n")
+        stand_in.chmod(0o755)
     python_cases: list[tuple[str, dict[str, Any], str | None]] = [
-        ("Python 3.12 for a 3.11 lock", {"gateway_python": str(py312)},
-         f"gateway_python={py312} on localhost is Python 3.12; the role's lock"
-         " (files/locks/gateway-deps.txt) holds wheels for Python 3.11"),
+        ("Ubuntu 24.04's Python 3.12: the role's 3.12 lock", {"gateway_python": str(py312)},
+         None),
+        ("Python 3.13: no lock for it", {"gateway_python": str(py313)},
+         f"gateway_python={py313} on localhost is Python 3.13; the role's locks"
+         " (files/locks/gateway-deps-py<version>.txt) are for Python 3.10, 3.11, 3.12"),
         ("no such interpreter", {"gateway_python": "/usr/bin/python3.99"},
          "gateway_python=/usr/bin/python3.99 on localhost is not a working interpreter"),
         ("another Python with a lock of its own",
@@ -197,3 +203,34 @@ def test_site_checks_the_gateways_first_and_runs_them_after_the_workers(tmp_path
     order = [hosts for hosts, _ in plays]
     assert order.index("gpu_workers") < order.index("gateways") < order.index("monitoring"), plays
     assert re.search(r"^\s+gateway : ", listing.stdout, re.MULTILINE), listing.stdout
+
+
+# `make gateway-wheelhouse` (part of `make setup`) fills it for every lock.
+WHEELHOUSE = Path("/var/cache/vllm-fleet/gateway-wheelhouse")
+
+
+@pytest.mark.parametrize("python", ["3.10", "3.11", "3.12"])
+def test_each_lock_installs_offline_from_the_wheelhouse_for_its_python(python: str) -> None:
+    """Ubuntu 22.04's, Debian 12's and Ubuntu 24.04's python3: the role's install of that
+    Python's lock, with its flags (no index, wheels only, hashes required), resolved by pip
+    for that interpreter version against the wheelhouse (a dry run: no such Python here)."""
+    lock = REPO / "roles" / "gateway" / "files" / "locks" / f"gateway-deps-py{python}.txt"
+    proc = subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--dry-run", "--ignore-installed", "--quiet",
+         "--report", "-", "--no-index", "--only-binary=:all:", "--find-links", str(WHEELHOUSE),
+         "--require-hashes", "--python-version", python, "--implementation", "cp",
+         "--platform", "manylinux_2_28_x86_64", "--platform", "manylinux2014_x86_64",
+         "--platform", "manylinux_2_17_x86_64", "--platform", "manylinux1_x86_64",
+         "--platform", "manylinux_2_5_x86_64", "--target", "/nonexistent", "-r", str(lock)],
+        capture_output=True, text=True, timeout=120,
+        env={"PIP_CONFIG_FILE": "/dev/null", "PIP_DISABLE_PIP_VERSION_CHECK": "1",
+             "PATH": "/usr/bin:/bin"},
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(proc.stdout)
+    installed = {i["metadata"]["name"].lower().replace("_", "-") for i in report["install"]}
+    pinned = set(re.findall(r"^([a-z0-9_.-]+)==", lock.read_text(), re.M))
+    assert installed == pinned and {"aiohttp", "prometheus-client", "pyyaml"} <= installed
+    tag = f"cp{python.replace('.', '')}"
+    wheels = [i["download_info"]["url"] for i in report["install"]]
+    assert any(tag in w for w in wheels if "aiohttp" in w), wheels  # that Python's build
