@@ -333,19 +333,25 @@ def report(rows: list[Measure], paced: list[Measure], lor: list[Measure],
     }
 
 
-def table(result: dict[str, Any]) -> str:
-    lines = ["Added latency (vs direct to the fake backend), 127.0.0.1, closed loop",
-             f"{'target':<14}{'conc':>5}{'rps':>9}{'p50 ms':>9}{'p99 ms':>9}"
+def latency_rows(measures: list[dict[str, Any]], added: list[dict[str, Any]]) -> list[str]:
+    """A table of the measures, each with its added p50 and p99 against direct."""
+    lines = [f"{'target':<14}{'conc':>5}{'rps':>9}{'p50 ms':>9}{'p99 ms':>9}"
              f"{'+p50 ms':>9}{'+p99 ms':>9}{'cpu us/req':>11}{'errors':>7}"]
-    added = {(a["target"], a["concurrency"]): a for a in result["added"]}
-    for m in result["measures"]:
-        a = added.get((m["target"], m["concurrency"]))
+    by = {(a["target"], a["concurrency"]): a for a in added}
+    for m in measures:
+        a = by.get((m["target"], m["concurrency"]))
         plus = (f"{a['added_p50_ms']:>9.2f}{a['added_p99_ms']:>9.2f}" if a
                 else f"{'-':>9}{'-':>9}")
         cpu = m["cpu_us_per_request"]
         lines.append(f"{m['target']:<14}{m['concurrency']:>5}{m['rps']:>9.0f}"
                      f"{m['p50_ms']:>9.2f}{m['p99_ms']:>9.2f}{plus}"
                      f"{cpu if cpu is None else round(cpu):>11}{m['errors']:>7}")
+    return lines
+
+
+def table(result: dict[str, Any]) -> str:
+    lines = ["Added latency (vs direct to the fake backend), 127.0.0.1, closed loop",
+             *latency_rows(result["measures"], result["added"])]
     for c, r in result["gateway_to_haproxy_added_p50_ratio"].items():
         lines.append(f"gateway / haproxy added p50 at concurrency {c}: {r:.1f}x")
     lines.append("cpu us/req: the proxy process's own CPU per request (direct: the fake's)")
@@ -355,18 +361,7 @@ def table(result: dict[str, Any]) -> str:
                  f"{goal['measured_ms']:.2f} ms, {'met' if goal['met'] else 'NOT met'}")
     paced = result["paced"]
     lines += ["", f"The same against a backend answering in {paced['backend_ms']} ms (LLM-like: "
-              "the proxies not saturated)",
-              f"{'target':<14}{'conc':>5}{'rps':>9}{'p50 ms':>9}{'p99 ms':>9}"
-              f"{'+p50 ms':>9}{'+p99 ms':>9}{'cpu us/req':>11}{'errors':>7}"]
-    padded = {(a["target"], a["concurrency"]): a for a in paced["added"]}
-    for m in paced["measures"]:
-        a = padded.get((m["target"], m["concurrency"]))
-        plus = (f"{a['added_p50_ms']:>9.2f}{a['added_p99_ms']:>9.2f}" if a
-                else f"{'-':>9}{'-':>9}")
-        cpu = m["cpu_us_per_request"]
-        lines.append(f"{m['target']:<14}{m['concurrency']:>5}{m['rps']:>9.0f}"
-                     f"{m['p50_ms']:>9.2f}{m['p99_ms']:>9.2f}{plus}"
-                     f"{cpu if cpu is None else round(cpu):>11}{m['errors']:>7}")
+              "the proxies not saturated)", *latency_rows(paced["measures"], paced["added"])]
     lines.append(f"goal, paced: {goal['paced_measured_ms']:.2f} ms at concurrency 64, "
                  f"{'met' if goal['paced_met'] else 'NOT met'}")
     lines += ["", f"Two fake workers, {FAST_MS} ms and {SLOW_MS} ms, concurrency "
