@@ -234,3 +234,31 @@ def test_each_lock_installs_offline_from_the_wheelhouse_for_its_python(python: s
     tag = f"cp{python.replace('.', '')}"
     wheels = [i["download_info"]["url"] for i in report["install"]]
     assert any(tag in w for w in wheels if "aiohttp" in w), wheels  # that Python's build
+
+
+def test_prometheus_scrapes_each_gateway_on_its_own_metrics_port(tmp_path: Path) -> None:
+    """roles/prometheus/templates/targets.j2 renders the gateway job from the inventory: a
+    host's gateway_metrics_port (what the gateway listens on) wins over the prometheus role's
+    default, so moving the port moves the scrape too."""
+    inventory = {"all": {"children": {
+        "gpu_workers": {"hosts": {"w1": {"ansible_host": "10.0.0.5", "vllm_instances": [
+            {"name": "a", "port": 8000, "model": "m"}]}}},
+        "gateways": {"hosts": {"gw1": {"ansible_host": "10.0.0.8"},
+                               "gw2": {"ansible_host": "10.0.0.9", "gateway_metrics_port": 9080}}},
+        "monitoring": {"hosts": {"mon": {"ansible_host": "10.0.0.2"}}}}}}
+    out = tmp_path / "targets.json"
+    template = REPO / "roles" / "prometheus" / "templates" / "targets.j2"
+    play = [{"name": "Render the scrape targets", "hosts": "mon", "gather_facts": False,
+             "vars_files": [str(REPO / "roles" / "prometheus" / "defaults" / "main.yml")],
+             "tasks": [{"name": "Render", "delegate_to": "localhost",
+                        "ansible.builtin.copy": {
+                            "content": "{{ lookup('ansible.builtin.template', '"
+                                       + str(template) + "') }}",
+                            "dest": str(out), "mode": "0644"}}]}]
+    (tmp_path / "play.yml").write_text(yaml.safe_dump(play, sort_keys=False))
+    proc = run_ansible_playbook(["-i", str(write_inventory(tmp_path, inventory)),
+                                 str(tmp_path / "play.yml")], tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr
+    gateway = json.loads(out.read_text())["gateway"]
+    assert gateway == [{"targets": ["10.0.0.8:8080"], "labels": {"host": "gw1"}},
+                       {"targets": ["10.0.0.9:9080"], "labels": {"host": "gw2"}}]
