@@ -5,6 +5,7 @@ the gateway's own `vllm-gateway --check-config`."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -94,6 +95,7 @@ CASES: list[tuple[str, dict[str, Any], str | None]] = [
     ("override with queue size 0", {"gateway_pool_overrides": {"llama": {"queue_size": 0}}},
      "gateway_pool_overrides[llama]={"),
     ("running as root", {"gateway_user": "root"}, "gateway_user=root"),
+    ("no version kept", {"gateway_keep_versions": 0}, "gateway_keep_versions=0"),
     ("unknown log level", {"gateway_log_level": "verbose"},
      "value of gateway_log_level must be one of"),
     ("mirror without a scheme", {"gateway_mirror_url": "artifacts.example/gw"},
@@ -262,3 +264,31 @@ def test_prometheus_scrapes_each_gateway_on_its_own_metrics_port(tmp_path: Path)
     gateway = json.loads(out.read_text())["gateway"]
     assert gateway == [{"targets": ["10.0.0.8:8080"], "labels": {"host": "gw1"}},
                        {"targets": ["10.0.0.9:9080"], "labels": {"host": "gw2"}}]
+
+
+def test_prune_keeps_this_version_and_the_newest_other(tmp_path: Path) -> None:
+    """tasks/prune.yml (after the new version serves), gateway_keep_versions 2: the running
+    version and the most recently installed other stay; older ones lose their venv,
+    wheelhouse and lock. Run on this machine against a folder laid out like a host's."""
+    root = tmp_path / "opt"
+    for age, version in enumerate(["0.3.0", "0.2.0", "0.1.0", "0.0.9"]):  # newest first
+        for path in (root / "venvs" / version, root / "wheelhouse" / version):
+            path.mkdir(parents=True)
+            os.utime(path, (1e9 - age * 100, 1e9 - age * 100))
+        (root / "locks").mkdir(exist_ok=True)
+        (root / "locks" / f"gateway-deps-{version}.txt").write_text("lock\n")
+    # The version being deployed is not the newest folder (a rollback to 0.2.0).
+    play = [{"name": "Prune", "hosts": "localhost", "connection": "local",
+             "gather_facts": False, "tasks": [{"name": "Prune", "ansible.builtin.include_role": {
+                 "name": "gateway", "tasks_from": "prune"}}]}]
+    (tmp_path / "play.yml").write_text(yaml.safe_dump(play, sort_keys=False))
+    proc = run_ansible_playbook(
+        ["-i", "localhost,", str(tmp_path / "play.yml"), "-e",
+         json.dumps({"gateway_install_dir": str(root), "gateway_version": "0.2.0",
+                     "gateway_keep_versions": 2, "ansible_python_interpreter": sys.executable})],
+        tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr
+    assert sorted(p.name for p in (root / "venvs").iterdir()) == ["0.2.0", "0.3.0"]
+    assert sorted(p.name for p in (root / "wheelhouse").iterdir()) == ["0.2.0", "0.3.0"]
+    assert sorted(p.name for p in (root / "locks").iterdir()) == [
+        "gateway-deps-0.2.0.txt", "gateway-deps-0.3.0.txt"]
