@@ -16,7 +16,7 @@ import ansible_runner
 import pytest
 from ansible_runner import Runner
 
-from .conftest import BIN, LAB_INVENTORY, ROOT, playbook, run, tool_env
+from .conftest import BIN, LAB_INVENTORY, ROOT, playbook, run, tool_env, wait_vllm_serving
 
 # The demo lab's tests run in order on one test worker (Makefile: --dist loadgroup).
 pytestmark = [pytest.mark.lab, pytest.mark.xdist_group("demo-lab")]
@@ -248,3 +248,4 @@ def test_postcheck_fails_naming_a_stopped_worker(lab: dict[str, object], tmp_pat
     finally:
         run([str(BIN / "ansible"), "-i", str(LAB_INVENTORY), "gpu_workers", "-m",
              "ansible.builtin.systemd_service", "-a", "name=vllm-tiny state=started"])
+        wait_vllm_serving("vllm-tiny serving again", timeout=240)

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from .conftest import MONITOR, WORKER, http, ssh, wait_for, wait_vllm_serving
+from .conftest import MONITOR, PROMETHEUS, WORKER, http, ssh, wait_for, wait_vllm_serving
 
 # The demo lab's tests run in order on one test worker (Makefile: --dist loadgroup).
 pytestmark = [pytest.mark.lab, pytest.mark.xdist_group("demo-lab")]
@@ -77,7 +77,25 @@ def receiver(converged: dict[str, object]) -> Iterator[WebhookTestReceiver]:
 
 @pytest.fixture(autouse=True)
 def healthy(converged: dict[str, object]) -> None:
+    """vllm-tiny serving, and Prometheus has seen every instance up since: no VllmInstanceDown
+    pending or firing. A test that stopped an instance just before (test_site.py's last one)
+    may leave the alert firing if the instance came back between two scrapes; Alertmanager
+    has then notified it already, and sends nothing new when the next stop fires it again."""
     wait_vllm_serving("vllm-tiny serving", timeout=240)
+
+    def clean() -> bool:
+        up = query('min(up{job="vllm"})')
+        return bool(up) and up[0]["value"][1] == "1" and not query(
+            'ALERTS{alertname="VllmInstanceDown"}')
+
+    wait_for("every vLLM instance up in Prometheus, VllmInstanceDown not pending or firing",
+             clean, timeout=90, every=1)
+
+
+def query(expr: str) -> list[dict[str, Any]]:
+    body = http().get(f"{PROMETHEUS}/api/v1/query", params={"query": expr}, timeout=10).json()
+    result: list[dict[str, Any]] = body["data"]["result"]
+    return result
 
 
 def instance_down(status: str, answered: int = 200) -> Callable[[Received], bool]:
@@ -156,18 +174,18 @@ def test_a_receiver_answering_500_gets_the_alert_after_it_recovers(
     receiver: WebhookTestReceiver,
 ) -> None:
     receiver.failing = True
+    stopped = stop_vllm()
     try:
-        stopped = stop_vllm()
-        # Refused twice or more: Alertmanager retries.
-        wait_for("VllmInstanceDown refused twice by the failing receiver",
-                 lambda: len(receiver.matching(stopped, instance_down("firing", 500))) >= 2,
-                 timeout=180)
-        time.sleep(15)
-    finally:
-        receiver.failing = False
-    recovered = time.monotonic()
-    refused = len(receiver.matching(stopped, instance_down("firing", 500)))
-    try:
+        try:
+            # Refused twice or more: Alertmanager retries.
+            wait_for("VllmInstanceDown refused twice by the failing receiver",
+                     lambda: len(receiver.matching(stopped, instance_down("firing", 500))) >= 2,
+                     timeout=180)
+            time.sleep(15)
+        finally:
+            receiver.failing = False
+        recovered = time.monotonic()
+        refused = len(receiver.matching(stopped, instance_down("firing", 500)))
         took = wait_for("VllmInstanceDown delivered after the receiver recovered",
                         lambda: bool(receiver.matching(recovered, instance_down("firing"))),
                         timeout=60)
@@ -176,6 +194,7 @@ def test_a_receiver_answering_500_gets_the_alert_after_it_recovers(
         assert the_alert(receiver.matching(recovered, instance_down("firing"))[0])[
             "labels"]["vllm_instance"] == "tiny"
     finally:
+        # Whatever failed above: the next tests need the instance back.
         started = start_vllm()
     wait_for("VllmInstanceDown resolved after the outage",
              lambda: bool(receiver.matching(started, instance_down("resolved"))), timeout=120)
