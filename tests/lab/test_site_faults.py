@@ -137,7 +137,7 @@ def test_kill9_of_vllm_restarts_it_and_prometheus_sees_down_then_up() -> None:
     assert int(ssh(WORKER, "systemctl show -p NRestarts --value vllm-tiny")) == restarts + 1
 
     # Prometheus (5 s scrapes in the lab) recorded the instance down, then up again.
-    expr = 'up{job="vllm"}[%ds]'
+    expr = 'up{job="vllm",vllm_instance="tiny"}[%ds]'
 
     def seen_back() -> bool:
         window = int(time.time() - killed_at) + 10
