@@ -47,6 +47,8 @@ INVENTORY: dict[str, Any] = {
                                                  "ansible_python_interpreter": sys.executable}}},
             "gpu_workers": {"hosts": WORKERS},
             "empty_workers": {"hosts": {}},
+            # A gateway host that is a worker too.
+            "workers_and_gateway": {"hosts": {"localhost": {}, "g1": {}}},
             "bare_workers": {"hosts": {"g3": {"ansible_host": "10.0.0.7"}}},
             "bad_workers": {"hosts": {"g4": {"ansible_host": "10.0.0.8", "vllm_instances": [
                 {"name": "a", "port": 8000, "model": "m", "args": {"max-num-seqs": 0}}]}}},
@@ -83,9 +85,13 @@ CASES: list[tuple[str, dict[str, Any], str | None]] = [
     ("metrics port 70000", {"gateway_metrics_port": 70000}, "gateway_metrics_port=70000"),
     ("metrics port is node_exporter's", {"gateway_metrics_port": 9100},
      "gateway_metrics_port=9100"),
-    ("the gateway host's own vLLM port", {"vllm_instances": [
+    ("the gateway host's own vLLM port", {"gateway_worker_group": "workers_and_gateway",
+                                          "vllm_instances": [
         {"name": "local", "port": 8000, "model": "m"}]},
      "localhost also runs vLLM instances on ports 8000"),
+    # vllm_instances given with -e reaches every host: not a worker's, on a gateway host.
+    ("vllm_instances on a host outside the worker group", {"vllm_instances": [
+        {"name": "local", "port": 8000, "model": "m"}]}, None),
     ("override of a model nobody serves",
      {"gateway_pool_overrides": {"mistral": {"queue_size": 5}}},
      "gateway_pool_overrides keys ['mistral']: each key must be a model the workers serve"
