@@ -234,7 +234,9 @@ class Run:
             )
             for s in loadable
         ]
-        return self.run_loads(targets, self.opt.signals, self.opt.vllm_job, "load", self.loads)
+        return self.run_loads(
+            targets, self.opt.signals, self.opt.vllm_job, "load", self.loads, self.probes_text
+        )
 
     def run_loads(
         self,
@@ -243,9 +245,11 @@ class Run:
         job: str,
         check: str,
         store: dict[str, dict[str, object]],
+        proven_on: Callable[[], str],
     ) -> dict[str, LoadOutcome]:
         """Load the targets at once; each one's verdict is the check `check`, its figures go
-        into `store` (the JSON report)."""
+        into `store` (the JSON report); `proven_on()` names where the queue is proven, for
+        the targets that only move counters."""
         sigs = signals.signals
         counters = [m for s in sigs for m in s.metrics if m.kind == "counter_delta"]
         gauges = sorted(
@@ -257,8 +261,9 @@ class Run:
         if prom_ok and gauges and any(t.plan.probe for t in targets):
             assert self.prom is not None
             watch = self.watches[check] = PrometheusQueueWatch(self.prom, job, gauges, self.poll_s)
-        ctx = (counters, gauges, keep, watch, check, store)
-        return asyncio.run(self.loads_async(targets, *ctx))
+        return asyncio.run(
+            self.loads_async(targets, counters, gauges, keep, watch, check, store, proven_on)
+        )
 
     async def loads_async(
         self,
@@ -269,6 +274,7 @@ class Run:
         watch: PrometheusQueueWatch | None,
         check: str,
         store: dict[str, dict[str, object]],
+        proven_on: Callable[[], str],
     ) -> dict[str, LoadOutcome]:
         """Every target at once, within the open-files budget (beyond it, loads wait)."""
         outcomes: dict[str, LoadOutcome] = {}
@@ -300,9 +306,8 @@ class Run:
             outcomes[label] = outcome
             r = outcome.result
             store[label] = {**info, **r.as_json()}
-            proven_on = self.probes_text() if check == "load" else "the gateway's first pool"
             role = f"queue probe, capacity {t.worker.capacity_source}" if t.plan.probe else (
-                f"counters only (queue proven on {proven_on})"
+                f"counters only (queue proven on {proven_on()})"
             )
             detail = f"{role}; timeout {t.plan.timeout_s:.1f}s/request; {r.summary()}"
             if t.plan.probe and r.proven_after_s is None and not r.errors:
@@ -409,7 +414,10 @@ class Run:
                 )
                 targets.append(LoadTarget(worker, pool.model, plan))
             job = self.opt.gateway_job
-            outcomes = self.run_loads(targets, signals, job, "gateway.load", self.gateway_loads)
+            outcomes = self.run_loads(
+                targets, signals, job, "gateway.load", self.gateway_loads,
+                lambda: "the gateway's first pool",
+            )
             elsewhere = "the queue is proven on the first pool of each gateway"
             workers = [t.worker for t in targets]
             self.check_signals(workers, outcomes, signals, job, "gateway.", elsewhere)
