@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 
 from postcheck import defaults
 from postcheck.fleet import Worker, prom_duration
@@ -97,17 +97,14 @@ def metrics_check(
             return f"{sel}: {n} series"
         if exp.kind == "all_one":
             series = outcome.after.matching(exp.name, exp.labels)
-            low = sorted(_series_text(s.labels) for s in series if s.value != 1)
+            low = sorted(selector("", dict(sorted(s.labels.items()))) for s in series
+                         if s.value != 1)
             if low:
                 raise CheckFailed(f"{sel}: not 1 after the load: {', '.join(low[:10])}")
             return f"{sel}: all {len(series)} series read 1"
         raise CheckFailed(f"{sel}: expectation {exp.kind} has no /metrics side")
 
     return check
-
-
-def _series_text(labels: Mapping[str, str]) -> str:
-    return "{" + ",".join(f'{k}="{v}"' for k, v in sorted(labels.items())) + "}"
 
 
 def _known(instances: set[str]) -> str:
