@@ -31,7 +31,8 @@ from realservers import PROMETHEUS, start_prometheus
 
 from postcheck.signals import load_signals
 
-pytestmark = pytest.mark.skipif(PROMETHEUS is None, reason="no prometheus binary")
+# make setup installs it from Debian; a missing one is a set-up error, not a reason to skip.
+assert PROMETHEUS, "no prometheus binary: run make setup"
 
 MODEL = "tiny"
 SLOTS = 2  # each fake's max-num-seqs (the inventory's vllm_engine_args)
