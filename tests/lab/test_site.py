@@ -16,11 +16,16 @@ import ansible_runner
 import pytest
 from ansible_runner import Runner
 
-from .conftest import BIN, LAB_INVENTORY, ROOT, playbook, run, tool_env, wait_vllm_serving
+from postcheck.signals import load_signals
+from postcheck.vllm_metrics import load_families
+
+from .conftest import BIN, LAB_INVENTORY, ROOT, VLLM, playbook, run, tool_env, wait_vllm_serving
 
 # The demo lab's tests run in order on one test worker (Makefile: --dist loadgroup).
 pytestmark = [pytest.mark.lab, pytest.mark.xdist_group("demo-lab")]
 
+# Every vLLM instance of inventory/lab, as the post-check names them.
+LAB_INSTANCES = ("lab-worker1/tiny", "lab-worker1/tiny-b")
 RECAP = re.compile(r"^(\S+)\s+: ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)", re.M)
 
 
@@ -116,10 +121,36 @@ def test_postcheck_passes_with_the_six_signals(lab: dict[str, object], tmp_path:
     assert isinstance(checks, list)
     failed = [c for c in checks if c["status"] == "fail"]
     assert rc == 0 and not failed, f"post-check failed: {failed}"
-    names = " ".join(str(c["name"]) for c in checks)
-    for signal in ("queue_depth", "queue_wait_time", "request_latency", "in_flight",
-                   "worker_state", "errors"):
-        assert signal in names, f"no check for the design signal {signal}"
+    # Each of the design's six signals, every expectation of templates/signals.yml, passed
+    # for every vLLM instance of the lab: on its /metrics and through Prometheus.
+    signals = load_signals(ROOT / "templates" / "signals.yml")
+    assert {s.id for s in signals.signals} == {"queue_depth", "queue_wait_time", "request_latency",
+                                               "in_flight", "worker_state", "errors"}
+    passed = {(c["name"], c["target"]) for c in checks if c["status"] == "pass"}
+    missing = [
+        (f"{where}.{sig.id}:{exp.selector}", instance)
+        for sig in signals.signals for exp in sig.metrics
+        for where in ("metrics", "prometheus") if not (where == "metrics" and exp.kind == "up")
+        for instance in LAB_INSTANCES
+        if (f"{where}.{sig.id}:{exp.selector}", instance) not in passed
+    ]
+    assert not missing, f"signal checks that did not pass: {missing}"
+
+
+def test_capture_from_the_real_lab_vllm_matches_the_committed_families(
+    lab: dict[str, object], tmp_path: Path
+) -> None:
+    """make capture-vllm-metrics against the lab's real vLLM: the committed list that the
+    upgrade guard checks every dashboard and rule against is what the pinned release serves."""
+    run([str(BIN / "python"), str(ROOT / "lab" / "capture_vllm_metrics.py"),
+         "--url", VLLM, "--output-dir", str(tmp_path)])
+    [captured_file] = tmp_path.glob("*.txt")
+    version = captured_file.stem
+    committed_file = ROOT / "templates" / "vllm-metrics" / f"{version}.txt"
+    assert committed_file.exists(), f"the lab serves vLLM {version}: no {committed_file}"
+    captured = load_families(tmp_path, version)
+    committed = load_families(committed_file.parent, version)
+    assert {n: f.type for n, f in captured.items()} == {n: f.type for n, f in committed.items()}
 
 
 # As inventory/lab has it: its SLO names the served model, checked before the instances.
@@ -147,7 +178,8 @@ BAD_INPUTS = [
     ("scrape timeout over interval", {"prometheus_scrape_timeout": "10s"},
      "prometheus_scrape_timeout=10s is longer than prometheus_scrape_interval=5s"),
     # grafana on the monitoring host: the worker stops too.
-    ("default Grafana password", {"grafana_admin_password": "admin"}, "grafana_admin_password"),
+    ("default Grafana password", {"grafana_admin_password": "admin"},
+     "or the user name: it must be set (from a vault)"),
     # alertmanager: the monitoring host's real address (ansible_host).
     ("alertmanager: cluster peers without this host",
      {"alertmanager_cluster_peers": ["10.231.0.98:9094", "10.231.0.99:9094"]},
