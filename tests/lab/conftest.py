@@ -65,7 +65,19 @@ def lab() -> Iterator[dict[str, object]]:
 
 
 # ---------------------------------------------------------------- the converged demo lab
-WORKER, MONITOR = "10.231.0.10", "10.231.0.11"
+WORKER, MONITOR, GATEWAY = "10.231.0.10", "10.231.0.11", "10.231.0.12"
+# Every host of inventory/lab (test_site_security.py checks both against the inventory and
+# each host's running services).
+HOSTS = {"lab-worker1": WORKER, "lab-mon1": MONITOR, "lab-gw1": GATEWAY}
+# Every service the project installs, with the user it must run as (both vLLM instances of
+# inventory/lab; test_no_project_service_is_left_out checks each host's running services).
+SERVICES = {
+    "lab-worker1": {"vllm-tiny": "vllm", "vllm-tiny-b": "vllm",
+                    "prometheus-node-exporter": "prometheus"},
+    "lab-mon1": {"prometheus": "prometheus", "prometheus-node-exporter": "prometheus",
+                 "prometheus-alertmanager": "alertmanager"},
+    "lab-gw1": {"vllm-gateway": "vllm-gateway", "prometheus-node-exporter": "prometheus"},
+}
 PROMETHEUS = f"http://{MONITOR}:9090"
 VLLM = f"http://{WORKER}:8000"
 SSH = ["ssh", "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",

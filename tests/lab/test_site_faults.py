@@ -15,10 +15,11 @@ import pytest
 
 from .conftest import (
     BIN,
+    HOSTS,
     LAB_INVENTORY,
     MONITOR,
     PROMETHEUS,
-    ROOT,
+    SERVICES,
     SSH,
     WORKER,
     http,
@@ -192,9 +193,6 @@ def test_a_broken_scrape_config_is_refused_and_prometheus_keeps_running(tmp_path
 
 
 def test_a_broken_rule_file_is_refused_and_prometheus_keeps_running(tmp_path: Path) -> None:
-    spec = (ROOT / "roles/prometheus/meta/argument_specs.yml").read_text()
-    if "prometheus_extra_rule_groups" not in spec:
-        pytest.skip("the prometheus role has no prometheus_extra_rule_groups yet")
     groups = [{"name": "broken", "rules": [{"record": "job:broken:sum", "expr": "sum(up"}]}]
     output = broken_run(tmp_path, {"prometheus_extra_rule_groups": groups})
     assert "/etc/prometheus/rules/extra.yml" in output, "the failure does not name the rule file"
@@ -226,13 +224,10 @@ def test_postcheck_reports_the_monitoring_host_down(tmp_path: Path) -> None:
     wait_for("Prometheus reachable again", prometheus_ready, timeout=60)
 
 
-@pytest.mark.parametrize(("host", "address", "units"), [
-    ("lab-worker1", WORKER, ["vllm-tiny", "prometheus-node-exporter"]),
-    ("lab-mon1", MONITOR, ["prometheus", "prometheus-node-exporter"]),
-])
-def test_reboot_brings_every_service_back_by_itself(
-    tmp_path: Path, host: str, address: str, units: list[str]
-) -> None:
+@pytest.mark.parametrize("host", HOSTS)
+def test_reboot_brings_every_service_back_by_itself(tmp_path: Path, host: str) -> None:
+    """Every lab host, every service the project put on it (conftest.SERVICES)."""
+    address, units = HOSTS[host], list(SERVICES[host])
     at = time.time() - 20
     recorded = query('up{job="node"}[1m]', at=at)
     took = reboot(address)

@@ -7,25 +7,39 @@ import re
 from pathlib import Path
 
 import pytest
+import yaml
 
-from .conftest import MONITOR, WORKER, playbook, ssh
+from .conftest import HOSTS, LAB_INVENTORY, MONITOR, SERVICES, WORKER, playbook, ssh
 from .test_site import recap
 
 # The demo lab's tests run in order on one test worker (Makefile: --dist loadgroup).
 pytestmark = [pytest.mark.lab, pytest.mark.xdist_group("demo-lab")]
 
-HOSTS = {"lab-worker1": WORKER, "lab-mon1": MONITOR}
 SECRET_FILES = [Path("/var/lib/vllm-lab/grafana-admin-password"),
                 Path("/var/lib/vllm-lab/grafana-secret-key")]
-# Every service the project installs, with the user it must run as.
-SERVICES = {
-    "lab-worker1": {"vllm-tiny": "vllm", "prometheus-node-exporter": "prometheus"},
-    "lab-mon1": {"prometheus": "prometheus", "prometheus-node-exporter": "prometheus",
-                 "prometheus-alertmanager": "alertmanager"},
-}
+# The services of the project's components, as their unit names start (a new one on a lab
+# host fails test_no_project_service_is_left_out until it is listed above).
+PROJECT_UNITS = re.compile(r"^(vllm-|prometheus|alertmanager|grafana|nvidia|dcgm)")
 # systemd-analyze security targets (issue #8): Debian ships these at 9.2 and 3.9.
-EXPOSURE_MAX = {"vllm-tiny": 2.0, "prometheus": 1.5, "prometheus-node-exporter": 1.5,
-                "prometheus-alertmanager": 1.5}
+EXPOSURE_MAX = {"vllm-tiny": 2.0, "vllm-tiny-b": 2.0, "prometheus": 1.5,
+                "prometheus-node-exporter": 1.5, "prometheus-alertmanager": 1.5,
+                "vllm-gateway": 1.5}
+
+
+def test_every_lab_host_is_covered() -> None:
+    inventory = yaml.safe_load((LAB_INVENTORY / "hosts.yml").read_text())
+    hosts = {name: spec["ansible_host"] for group in inventory["all"]["children"].values()
+             for name, spec in group["hosts"].items()}
+    assert hosts == HOSTS and hosts.keys() == SERVICES.keys()
+
+
+@pytest.mark.parametrize("host", HOSTS)
+def test_no_project_service_is_left_out(converged: object, host: str) -> None:
+    running = ssh(HOSTS[host], "systemctl list-units --type=service --state=running "
+                               "--no-legend --plain").splitlines()
+    units = {line.split()[0].removesuffix(".service") for line in running if line.strip()}
+    project = {u for u in units if PROJECT_UNITS.match(u)}
+    assert project == set(SERVICES[host]), f"{host}: running {sorted(project)}"
 
 
 @pytest.fixture(scope="module")
