@@ -138,6 +138,11 @@ FAILED_MSG = (
 )
 
 
+def specific(expected: str) -> bool:
+    """A refusal text that names the option's value (`=`) or says why, not a bare name."""
+    return "=" in expected or " " in expected
+
+
 def check_validate_cases(
     role: str,
     cases: list[ValidateCase],
@@ -229,6 +234,10 @@ def check_validate_cases(
             wrong.append(f"{case}: accepted")
         elif expected is not None and refused and expected not in refused.group(1):
             wrong.append(f"{case}: {refused.group(1)!r} lacks {expected!r}")
+        elif expected is not None and refused and not specific(expected):
+            # One word ("port") also matches a refusal for another reason.
+            wrong.append(f"{case}: expects only {expected!r}; name the refusal: "
+                         f"{refused.group(1)!r}")
     assert not wrong, "\n".join(wrong)
     return out
 

@@ -51,7 +51,7 @@ CASES: list[tuple[str, dict[str, Any], str | None]] = [
      "alertmanager_receivers[2] (name=x, type=telegram)"),
     ("duplicate receiver", receivers(dict(HOOK)), "alertmanager_receivers[0] (name=hook"),
     ("receiver named none", receivers({"name": "none", "type": "webhook", "url": "http://a/"}),
-     "other than the built-in"),
+     "alertmanager_receivers[2] (name=none, type=webhook): needs a unique name"),
     ("email without smarthost", receivers({"name": "m", "type": "email", "to": "a@b.c",
                                            "from": "d@e.f"}),
      "alertmanager_receivers[2] (m, type email) lacks what its type needs"),
@@ -65,7 +65,8 @@ CASES: list[tuple[str, dict[str, Any], str | None]] = [
     ("route on a missing group", {"alertmanager_routes": [{"receiver": "hook", "group": "gpu_eu"}]},
      "alertmanager_routes[0]: matchers={} must map label names"),
     ("route with a bad label name", {"alertmanager_routes": [
-        {"receiver": "hook", "matchers": {"model-name": "x"}}]}, "alertmanager_routes[0]"),
+        {"receiver": "hook", "matchers": {"model-name": "x"}}]},
+     "alertmanager_routes[0]: matchers={'model-name': 'x'} must map label names to regexes"),
     ("password inline in a webhook URL", receivers(
         {"name": "inline", "type": "webhook", "url": "https://u:secret@hooks.example/x"}),
      "alertmanager_receivers[2] (inline): a secret would be written into alertmanager.yml"),
@@ -92,7 +93,7 @@ CASES: list[tuple[str, dict[str, Any], str | None]] = [
     ("relative data folder", {"alertmanager_storage_path": "data"},
      "alertmanager_storage_path=data"),
     ("archive without checksum", {"alertmanager_install_method": "archive"},
-     "alertmanager_archive_sha256"),
+     "alertmanager_archive_sha256 its archive's sha256 (64 lowercase hex digits"),
     ("bad group_by label", {"alertmanager_group_by": ["alert-name"]}, "alertmanager_group_by="),
     ("receivers not a list", {"alertmanager_receivers": "oncall"},
      "option 'alertmanager_receivers' is of type str"),

@@ -263,7 +263,7 @@ VALIDATE_CASES: list[tuple[str, dict[str, Any], str | None]] = [
     (
         "headers with a version",
         {"nvidia_driver_kernel_headers_packages": ["linux-headers-amd64=6.1"]},
-        "nvidia_driver_kernel_headers_packages",
+        "lists of Debian package names (no versions",
     ),
     ("relative MOK key", {"nvidia_driver_mok_key": "mok.key"}, "nvidia_driver_mok_key=mok.key"),
 ]

@@ -141,14 +141,14 @@ CASES: list[tuple[str, dict[str, Any], str | None]] = [
     ("reserved label name", {"prometheus_external_labels": {"__name__": "a"}},
      "prometheus_external_labels: __name__"),
     ("short basic auth password", {"prometheus_web_basic_auth_users": {"grafana": "short"}},
-     "prometheus_web_basic_auth_users"),
+     "needs user names of [A-Za-z0-9_.@-] and passwords of at least 12 characters"),
     ("TLS cert without key", {"prometheus_web_tls_cert_file": "/etc/ssl/p.pem"},
      "prometheus_web_tls_key_file= go together"),
     ("remote_write password inline", {"prometheus_remote_write": [
         {"url": "https://mimir/api/v1/push", "basic_auth": {"username": "u", "password": "p"}}]},
-     "prometheus_remote_write"),
+     "prometheus_remote_write needs a url (http:// or https://) in every entry, with secrets"),
     ("remote_write without url", {"prometheus_remote_write": [{"name": "x"}]},
-     "prometheus_remote_write"),
+     "prometheus_remote_write needs a url (http:// or https://) in every entry, with secrets"),
     ("alertmanager URL instead of HOST:PORT", {"prometheus_alertmanagers": ["http://am:9093"]},
      "prometheus_alertmanagers=['http://am:9093']"),
     # Refused by the argument specs (type int) before tasks/validate.yml, as in the preflight.
@@ -166,7 +166,7 @@ CASES: list[tuple[str, dict[str, Any], str | None]] = [
                                                 "prometheus_scrape_timeout": "10s"},
      "prometheus_scrape_timeout=10s is longer than prometheus_scrape_interval=5s"),
     ("extra scrape configs not a list", {"prometheus_extra_scrape_configs": "job_name: x"},
-     "prometheus_extra_scrape_configs"),
+     "Elements value for option 'prometheus_extra_scrape_configs' is of type str"),
 ]  # fmt: skip
 
 
