@@ -123,8 +123,12 @@ lab-down:
 deploy: lab-up
 	$(PLAYBOOK) -i $(LAB_INV) site.yml
 
+# The reports where site.yml's post-check play writes them: $POSTCHECK_REPORT (a .json; .xml and
+# .html beside it), default postcheck-report.json, relative paths from the folder make runs in.
+postcheck demo: POSTCHECK_JSON = $(abspath $(or $(POSTCHECK_REPORT),postcheck-report.json))
 postcheck:
-	$(BIN)/postcheck --inventory $(LAB_INV) --json postcheck-report.json --html postcheck-report.html
+	$(BIN)/postcheck --inventory $(LAB_INV) --json $(POSTCHECK_JSON) \
+	  --junit $(patsubst %.json,%,$(POSTCHECK_JSON)).xml --html $(patsubst %.json,%,$(POSTCHECK_JSON)).html
 
 demo: deploy
 	@echo
@@ -132,8 +136,8 @@ demo: deploy
 	@echo "Gateway:     http://10.231.0.12:8000/v1/models   (one entry point; /metrics on :8080)"
 	@echo "vLLM:        http://10.231.0.10:8000/v1/models and :8001   (the gateway's two workers)"
 	@echo "Grafana:     not run here (no package); provisioning in lab-mon1:/etc/grafana/provisioning"
-	@echo "Post-check:  postcheck-report.json"
-	@echo "Report:      $(CURDIR)/postcheck-report.html   (one self-contained page: open it in a browser)"
+	@echo "Post-check:  $(POSTCHECK_JSON)   (JUnit: $(patsubst %.json,%,$(POSTCHECK_JSON)).xml)"
+	@echo "Report:      $(patsubst %.json,%,$(POSTCHECK_JSON)).html   (one self-contained page: open it in a browser)"
 
 # The HTML report's chart library, vendored into postcheck/assets and committed (air-gapped
 # controllers build nothing): refresh after raising UPLOT_VERSION, review, commit.
