@@ -298,6 +298,57 @@ VALIDATE_CASES: list[tuple[str, dict[str, Any], str | None]] = [
         "nvidia_driver_kernel_headers_packages",
     ),
     ("relative MOK key", {"nvidia_driver_mok_key": "mok.key"}, "nvidia_driver_mok_key=mok.key"),
+    (
+        "version of another branch",
+        {"nvidia_driver_version": "570.195.03-1"},
+        "nvidia_driver_version=570.195.03-1 on localhost is not of nvidia_driver_branch=580",
+    ),
+    ("version of the branch", {"nvidia_driver_version": "580.95.05-1"}, None),
+    # This machine's PCI bus has no NVIDIA GPU: any count set is refused, naming what it found.
+    (
+        "expected GPU count the PCI bus does not show",
+        {"nvidia_driver_expected_gpu_count": 8},
+        "nvidia_driver_expected_gpu_count=8 on localhost, but its PCI bus has 0 NVIDIA GPU(s)",
+    ),
+    (
+        "kernel modules misspelt",
+        {"nvidia_driver_kernel_modules": "signed"},
+        "value of nvidia_driver_kernel_modules must be one of: auto, dkms, precompiled, got: signed",
+    ),
+    (
+        "precompiled modules on Debian",
+        {"nvidia_driver_kernel_modules": "precompiled"},
+        "nvidia_driver_kernel_modules=precompiled on localhost (Debian, nvidia_driver_source=cuda,"
+        " kernel 6.1.0-28-amd64, flavour amd64)",
+    ),
+    (
+        "precompiled modules with NVIDIA's repository on Ubuntu",
+        {"nvidia_driver_kernel_modules": "precompiled", "ansible_facts": NOBLE},
+        "nvidia_driver_kernel_modules=precompiled on localhost (Ubuntu, nvidia_driver_source=cuda,",
+    ),
+    (
+        "precompiled modules for a flavour Canonical builds none for",
+        {
+            "nvidia_driver_kernel_modules": "precompiled",
+            "nvidia_driver_source": "distro",
+            "ansible_facts": facts("Ubuntu", "24.04", "noble", "6.8.0-1012-kvm"),
+        },
+        "kernel 6.8.0-1012-kvm, flavour kvm): Canonical's signed modules exist only on Ubuntu",
+    ),
+    (
+        "precompiled modules on Ubuntu's distro source, generic kernel",
+        {
+            "nvidia_driver_kernel_modules": "precompiled",
+            "nvidia_driver_source": "distro",
+            "ansible_facts": NOBLE,
+        },
+        None,
+    ),
+    (
+        "fabric wait too short",
+        {"nvidia_driver_fabric_ready_timeout": 5},
+        "nvidia_driver_fabric_ready_timeout=5 (seconds, 10 or more)",
+    ),
 ]
 
 
