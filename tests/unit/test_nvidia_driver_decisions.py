@@ -313,7 +313,8 @@ VALIDATE_CASES: list[tuple[str, dict[str, Any], str | None]] = [
     (
         "kernel modules misspelt",
         {"nvidia_driver_kernel_modules": "signed"},
-        "value of nvidia_driver_kernel_modules must be one of: auto, dkms, precompiled, got: signed",
+        "value of nvidia_driver_kernel_modules must be one of: auto, dkms, precompiled,"
+        " got: signed",
     ),
     (
         "precompiled modules on Debian",

@@ -82,13 +82,18 @@ def test_fake_smi_fabric_failure_fails_at_once_naming_gpu_and_status(tmp_path: P
     smi = fake_smi(tmp_path, [smi_q([("Completed", "Success"), ("Completed", "Unknown Error")])])
     proc = run(tmp_path, smi)
     assert proc.returncode == 1
-    assert "the NVLink fabric FAILED: GPU 00000000:19:00.0 state Completed status Unknown Error" in proc.stdout
+    failed = "the NVLink fabric FAILED: GPU 00000000:19:00.0 state Completed status Unknown Error"
+    assert failed in proc.stdout
     assert (tmp_path / "calls").read_text().strip() == "1"  # no waiting on a failure
 
 
 def test_fake_smi_failing_is_waited_for_and_reported(tmp_path: Path) -> None:
     smi = tmp_path / "nvidia-smi"
-    smi.write_text("#!/bin/sh\n# FAKE nvidia-smi\necho 'NVIDIA-SMI has failed because it couldn'\"'\"'t communicate with the NVIDIA driver.'\nexit 9\n")
+    smi.write_text(
+        "#!/bin/sh\n# FAKE nvidia-smi\n"
+        'echo "NVIDIA-SMI has failed because it couldn\'t communicate with the NVIDIA driver."\n'
+        "exit 9\n"
+    )
     smi.chmod(0o755)
     proc = run(tmp_path, smi, timeout_s=1)
     assert proc.returncode == 1
@@ -110,7 +115,7 @@ def test_unit_and_vllm_ordering() -> None:
                  "WantedBy=multi-user.target"]:  # fmt: skip
         assert line in unit.splitlines()
     vllm = (REPO / "roles" / "vllm" / "templates" / "vllm.service.j2").read_text()
-    hunk = vllm[vllm.index("{%   if nvidia_driver_fabricmanager_enabled"):]
+    hunk = vllm[vllm.index("{%   if nvidia_driver_fabricmanager_enabled") :]
     hunk = hunk[: hunk.index("{%   endif %}")]
     assert "Requires=nvidia-fabric-ready.service" in hunk.splitlines()
     assert "After=nvidia-fabric-ready.service" in hunk.splitlines()

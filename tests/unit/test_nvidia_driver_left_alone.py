@@ -23,6 +23,11 @@ from conftest import REPO, run_ansible_playbook
 ROLE = REPO / "roles" / "nvidia_driver"
 FIXTURES = Path(__file__).parent / "fixtures" / "nvidia"
 FM = ["nvidia-fabricmanager", "libnvidia-nscq"]
+AT_95 = ["nvidia-fabricmanager=580.95.05-*", "libnvidia-nscq=580.95.05-*"]
+HOLD = (
+    "{{ {'plan': __nvidia_driver_plan, 'hold': ([] if __nvidia_driver_left_alone"
+    " else __nvidia_driver_packages) + __nvidia_driver_plan.hold} | to_json }}"
+)
 
 
 def load() -> ModuleType:
@@ -57,7 +62,7 @@ def test_preinstalled_580_without_fabric_manager_gets_it_at_the_loaded_version()
     got = plan("hgx_h100_580_no_fm")
     assert (got["version"], got["origin"]) == ("580.95.05", "loaded")
     # Not the repository's newest 580 (580.126.09) nor the newest branch (595).
-    assert got["install"] == ["nvidia-fabricmanager=580.95.05-*", "libnvidia-nscq=580.95.05-*"]
+    assert got["install"] == AT_95
     assert got["missing"] == []
     # Held: the fabric packages and every driver package installed at the loaded version,
     # not the removed 570 leftovers.
@@ -69,8 +74,8 @@ def test_preinstalled_580_without_fabric_manager_gets_it_at_the_loaded_version()
 
 def test_preinstalled_580_with_a_fabric_manager_of_another_version_gets_it_replaced() -> None:
     got = plan("hgx_h100_580_other_fm")
-    assert got["install"] == ["nvidia-fabricmanager=580.95.05-*", "libnvidia-nscq=580.95.05-*"]
-    assert got["other_versions"] == ["nvidia-fabricmanager 580.82.07-1", "libnvidia-nscq 580.82.07-1"]
+    assert got["install"] == AT_95
+    assert got["other_versions"] == [f"{name} 580.82.07-1" for name in FM]
     assert got["missing"] == []
 
 
@@ -134,8 +139,7 @@ def ran(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
                     "name": "nvidia_driver", "tasks_from": "packages_plan"}},
                 {"name": "Write", "ansible.builtin.copy": {
                     "dest": str(tmp / f"{name}.json"), "mode": "0600",
-                    "content": "{{ {'plan': __nvidia_driver_plan, 'hold': ([] if __nvidia_driver_left_alone"
-                               " else __nvidia_driver_packages) + __nvidia_driver_plan.hold} | to_json }}"}},
+                    "content": HOLD}},
             ], "rescue": [{"name": "Write the refusal", "ansible.builtin.copy": {
                 "dest": str(tmp / f"{name}.json"), "mode": "0600",
                 "content": "{{ {'refused': ansible_failed_result.msg} | to_json }}"}}]}],
@@ -153,7 +157,7 @@ def test_role_installs_and_holds_the_fabric_packages_at_the_loaded_version(
     ran: dict[str, Any],
 ) -> None:
     got = ran["hgx_h100_580_no_fm"]
-    assert got["plan"]["install"] == ["nvidia-fabricmanager=580.95.05-*", "libnvidia-nscq=580.95.05-*"]
+    assert got["plan"]["install"] == AT_95
     assert "nvidia-fabricmanager" in got["hold"] and "nvidia-utils-580" in got["hold"]
     other = ran["hgx_h100_580_other_fm"]
     assert other["plan"]["install"] == got["plan"]["install"]

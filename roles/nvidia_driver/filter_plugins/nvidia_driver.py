@@ -220,10 +220,10 @@ def nvidia_package_plan(
         ("installed", nvidia_upstream_version(installed.get(driver_package, ""))),
         ("candidate", nvidia_upstream_version(_candidate(parts.get("policy", [])))),
     ]
-    origin, version = next(
-        ((o, v) for o, v in candidates if v and (o == "nvidia_driver_version" or of_branch.match(v))),
-        ("", ""),
-    )
+    usable = [
+        (o, v) for o, v in candidates if v and (o == "nvidia_driver_version" or of_branch.match(v))
+    ]
+    origin, version = usable[0] if usable else ("", "")
     missing = [
         name
         for name in exact
