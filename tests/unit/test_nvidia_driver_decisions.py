@@ -85,6 +85,13 @@ CASES: list[tuple[str, dict[str, str], str, str, bool]] = [
         True,
     ),
     (
+        "ubuntu2204-580-distro-aws",
+        facts("Ubuntu", "22.04", "jammy", "6.8.0-1021-aws"),
+        "580",
+        "distro",
+        True,
+    ),
+    (
         "debian12-535-distro",
         facts("Debian", "12.8", "bookworm", "6.1.0-28-amd64"),
         "535",
@@ -93,11 +100,16 @@ CASES: list[tuple[str, dict[str, str], str, str, bool]] = [
     ),
 ]
 
+# A driver version of each branch, as the role resolves it on the host (tasks/packages_plan.yml):
+# the fabric packages are rendered at exactly it.
+VERSIONS = {"535": "535.261.03", "570": "570.195.03", "580": "580.95.05", "595": "595.45.04"}
+
 DECISIONS = (
     "{{ results | combine({case: {'packages': __nvidia_driver_packages,"
     " 'pinning': __nvidia_driver_pinning_packages,"
     " 'fabricmanager': __nvidia_driver_fabricmanager_packages,"
     " 'nvlink5': __nvidia_driver_fabricmanager_packages,"
+    " 'fabric_apt': __nvidia_driver_fabric_specs, 'modules': __nvidia_driver_modules,"
     " 'build': __nvidia_driver_build_packages, 'pin': __nvidia_driver_pin_version,"
     " 'repo': __nvidia_driver_cuda_repo,"
     " 'mok': [__nvidia_driver_mok_key, __nvidia_driver_mok_cert],"
@@ -122,15 +134,22 @@ def decisions(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, A
             "nvidia_driver_open_kernel_modules": open_modules,
             "__nvidia_driver_proc_version": proc_version(host["kernel"]),
         }
-        for nvlink5 in (False, True):
+        case_vars |= {
+            "nvidia_driver_fabricmanager_enabled": True,
+            "__nvidia_driver_resolved_version": VERSIONS[branch],
+        }
+        # nvlink5 False/True; and "precompiled": apt has Canonical's signed modules for the
+        # running kernel (packages_plan.yml's finding), which only Ubuntu's distro source takes.
+        for variant in ("False", "True", "precompiled"):
             tasks.append(
                 {
-                    "name": f"Render {name}{' nvlink5' if nvlink5 else ''}",
+                    "name": f"Render {name} {variant}",
                     "ansible.builtin.set_fact": {"results": DECISIONS},
                     "vars": {
                         **case_vars,
-                        "nvidia_driver_nvlsm_enabled": nvlink5,
-                        "case": f"{name}-{nvlink5}",
+                        "nvidia_driver_nvlsm_enabled": variant == "True",
+                        "__nvidia_driver_precompiled_available": variant == "precompiled",
+                        "case": f"{name}-{variant}",
                     },
                 }
             )
@@ -184,6 +203,10 @@ def decisions(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, A
         out[name] = {
             **results[f"{name}-False"],
             "nvlink5": results[f"{name}-True"]["fabricmanager"],
+            "fabric_apt_nvlink5": results[f"{name}-True"]["fabric_apt"],
+            "precompiled": {
+                key: results[f"{name}-precompiled"][key] for key in ("modules", "packages", "build")
+            },
         }
     return out
 
@@ -195,6 +218,15 @@ def test_packages_pins_headers_and_paths_match_the_sources(
     got = dict(decisions[case])
     pin_file, dropin = got.pop("pin_file"), got.pop("dropin")
     expected = json.loads((FIXTURES / "expected" / f"{case}.json").read_text())
+    # Each file names the public sources its rows were written from (fixtures README).
+    assert expected.pop("_sources")
+    if "precompiled" not in expected:
+        # Not Ubuntu's distro source: Canonical's modules are never taken, DKMS stays.
+        expected["precompiled"] = {
+            "modules": "dkms",
+            "packages": expected["packages"],
+            "build": expected["build"],
+        }
     assert got == expected
     # The pin file apt reads: every driver package on the branch, above any repository.
     assert f"Pin: version {expected['pin']}\n" in pin_file
@@ -266,6 +298,58 @@ VALIDATE_CASES: list[tuple[str, dict[str, Any], str | None]] = [
         "lists of Debian package names (no versions",
     ),
     ("relative MOK key", {"nvidia_driver_mok_key": "mok.key"}, "nvidia_driver_mok_key=mok.key"),
+    (
+        "version of another branch",
+        {"nvidia_driver_version": "570.195.03-1"},
+        "nvidia_driver_version=570.195.03-1 on localhost is not of nvidia_driver_branch=580",
+    ),
+    ("version of the branch", {"nvidia_driver_version": "580.95.05-1"}, None),
+    # This machine's PCI bus has no NVIDIA GPU: any count set is refused, naming what it found.
+    (
+        "expected GPU count the PCI bus does not show",
+        {"nvidia_driver_expected_gpu_count": 8},
+        "nvidia_driver_expected_gpu_count=8 on localhost, but its PCI bus has 0 NVIDIA GPU(s)",
+    ),
+    (
+        "kernel modules misspelt",
+        {"nvidia_driver_kernel_modules": "signed"},
+        "value of nvidia_driver_kernel_modules must be one of: auto, dkms, precompiled,"
+        " got: signed",
+    ),
+    (
+        "precompiled modules on Debian",
+        {"nvidia_driver_kernel_modules": "precompiled"},
+        "nvidia_driver_kernel_modules=precompiled on localhost (Debian, nvidia_driver_source=cuda,"
+        " kernel 6.1.0-28-amd64, flavour amd64)",
+    ),
+    (
+        "precompiled modules with NVIDIA's repository on Ubuntu",
+        {"nvidia_driver_kernel_modules": "precompiled", "ansible_facts": NOBLE},
+        "nvidia_driver_kernel_modules=precompiled on localhost (Ubuntu, nvidia_driver_source=cuda,",
+    ),
+    (
+        "precompiled modules for a flavour Canonical builds none for",
+        {
+            "nvidia_driver_kernel_modules": "precompiled",
+            "nvidia_driver_source": "distro",
+            "ansible_facts": facts("Ubuntu", "24.04", "noble", "6.8.0-1012-kvm"),
+        },
+        "kernel 6.8.0-1012-kvm, flavour kvm): Canonical's signed modules exist only on Ubuntu",
+    ),
+    (
+        "precompiled modules on Ubuntu's distro source, generic kernel",
+        {
+            "nvidia_driver_kernel_modules": "precompiled",
+            "nvidia_driver_source": "distro",
+            "ansible_facts": NOBLE,
+        },
+        None,
+    ),
+    (
+        "fabric wait too short",
+        {"nvidia_driver_fabric_ready_timeout": 5},
+        "nvidia_driver_fabric_ready_timeout=5 (seconds, 10 or more)",
+    ),
 ]
 
 

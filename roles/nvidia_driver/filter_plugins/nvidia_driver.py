@@ -136,6 +136,121 @@ def nvidia_kernel_compiler(proc_version: str) -> str:
     return f"gcc-{m[1] or m[2]}" if m else ""
 
 
+# --- exact package versions ------------------------------------------------------------------
+# What the role reads on the host before installing (tasks/packages_read.yml), in sections:
+#   == dpkg      dpkg-query -W -f '${db:Status-Abbrev}\t${Package}\t${Version}\n' (driver patterns)
+#   == policy    apt-cache policy <the first driver package>
+#   == madison   apt-cache madison <the fabric packages>
+_SECTION = re.compile(r"^== (\w+)\s*$")
+
+
+def nvidia_upstream_version(version: str) -> str:
+    """A Debian version without epoch and revision: 1:580.95.05-0ubuntu1 -> 580.95.05."""
+    version = version.strip().split(":", 1)[-1]
+    return re.sub(r"[-~+].*$", "", version)
+
+
+def _sections(text: str) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    current = ""
+    for line in text.splitlines():
+        m = _SECTION.match(line)
+        if m:
+            current = m[1]
+            out.setdefault(current, [])
+        elif current and line.strip():
+            out[current].append(line)
+    return out
+
+
+def _installed(lines: list[str]) -> dict[str, str]:
+    """Installed packages (dpkg status ii/hi) and their versions."""
+    found = {}
+    for line in lines:
+        parts = line.split("\t")
+        if len(parts) == 3 and parts[0].strip()[1:2] == "i" and parts[0].strip()[:1] in "ih":
+            found[parts[1].strip()] = parts[2].strip()
+    return found
+
+
+def _candidate(lines: list[str]) -> str:
+    for line in lines:
+        key, _, value = line.strip().partition(":")
+        if key == "Candidate" and value.strip() not in ("", "(none)"):
+            return value.strip()
+    return ""
+
+
+def _madison(lines: list[str]) -> dict[str, list[str]]:
+    """apt-cache madison rows: " name | version | source" -> {name: [versions]}."""
+    found: dict[str, list[str]] = {}
+    for line in lines:
+        cells = [c.strip() for c in line.split("|")]
+        if len(cells) >= 3 and cells[0] and cells[1]:
+            found.setdefault(cells[0], []).append(cells[1])
+    return found
+
+
+def nvidia_package_plan(
+    state: str,
+    branch: str,
+    wanted: str,
+    loaded: str,
+    driver_package: str,
+    exact: list[str],
+    own_version: list[str],
+    left_alone: bool,
+) -> dict[str, Any]:
+    """The driver version this host runs or will run, and the fabric packages at exactly it.
+
+    The version is, first found: nvidia_driver_version; the loaded driver (nvidia-smi) when it
+    is of the branch; the installed version of the first driver package when of the branch;
+    apt's candidate for it. `exact` packages (fabric manager, NSCQ, libnvsdm) must exist at
+    that version (installed, or in apt's lists): the ones that do not are `missing`.
+    `own_version` packages (nvlsm, versioned by date) are installed as apt offers them.
+    A host left alone also holds every driver package installed at that version.
+    """
+    parts = _sections(state)
+    installed = _installed(parts.get("dpkg", []))
+    madison = _madison(parts.get("madison", []))
+    of_branch = re.compile(rf"^{re.escape(str(branch))}\.")
+    candidates = [
+        ("nvidia_driver_version", nvidia_upstream_version(wanted) if wanted else ""),
+        ("loaded", loaded.strip() if of_branch.match(loaded.strip()) else ""),
+        ("installed", nvidia_upstream_version(installed.get(driver_package, ""))),
+        ("candidate", nvidia_upstream_version(_candidate(parts.get("policy", [])))),
+    ]
+    usable = [
+        (o, v) for o, v in candidates if v and (o == "nvidia_driver_version" or of_branch.match(v))
+    ]
+    origin, version = usable[0] if usable else ("", "")
+    missing = [
+        name
+        for name in exact
+        if version
+        and nvidia_upstream_version(installed.get(name, "")) != version
+        and version not in [nvidia_upstream_version(v) for v in madison.get(name, [])]
+    ]
+    other = [
+        f"{name} {installed[name]}"
+        for name in exact
+        if name in installed and nvidia_upstream_version(installed[name]) != version
+    ]
+    hold_installed = (
+        sorted(n for n, v in installed.items() if nvidia_upstream_version(v) == version)
+        if left_alone and version
+        else []
+    )
+    return {
+        "version": version,
+        "origin": origin,
+        "install": [f"{name}={version}-*" for name in exact] + list(own_version) if version else [],
+        "hold": list(dict.fromkeys(list(exact) + list(own_version) + hold_installed)),
+        "missing": missing,
+        "other_versions": other,
+    }
+
+
 class FilterModule:
     def filters(self) -> dict[str, Any]:
         return {
@@ -143,4 +258,6 @@ class FilterModule:
             "nvidia_fabric": nvidia_fabric,
             "nvidia_module_version": nvidia_module_version,
             "nvidia_kernel_compiler": nvidia_kernel_compiler,
+            "nvidia_upstream_version": nvidia_upstream_version,
+            "nvidia_package_plan": nvidia_package_plan,
         }
