@@ -55,7 +55,8 @@ def gpu_verify_fabric(text: str) -> list[dict[str, str]]:
 
 
 def gpu_verify_rows(text: str) -> list[dict[str, str]]:
-    """`--query-gpu=index,name,driver_version,persistence_mode,memory.total --format=csv,noheader`."""
+    """Rows of `--query-gpu=index,name,driver_version,persistence_mode,memory.total`
+    `--format=csv,noheader`."""
     rows = []
     for line in text.splitlines():
         parts = [p.strip() for p in line.split(",")]
@@ -74,7 +75,8 @@ def _smi_checks(f: dict[str, Any]) -> tuple[list[dict[str, Any]], list[dict[str,
     rows = gpu_verify_rows(smi["query"])
     driver = rows[0]["driver"] if rows else ""
     out = " ".join((smi["query"] + " " + smi["header"]).split())
-    cuda = (_CUDA.search(smi["header"]) or [None, ""])[1]
+    found = _CUDA.search(smi["header"])
+    cuda = found[1] if found else ""
     if smi["rc"] == 127:
         fix = "install the NVIDIA driver (site.yml's nvidia_driver role)"
         detail = "nvidia-smi not found"
@@ -191,7 +193,8 @@ def gpu_verify_checks(f: dict[str, Any]) -> list[dict[str, Any]]:
         detail = (f"{result.get('error') or probe['stdout'] or 'no output'}"
                   + (f": {result['hint']}" if result.get("hint") else ""))
     checks.append(_check("CUDA init", probe["rc"] == 0 and bool(result.get("ok")), detail,
-                         "see the checks above (fabric, /dev/nvidia-uvm, driver); dmesg | grep NVRM"))
+                         "see the checks above (fabric, /dev/nvidia-uvm, driver);"
+                         " dmesg | grep NVRM"))
 
     # --- the interpreter vLLM would use (the vllm role's decision) ----------------------------
     python = plan.get("python", "")

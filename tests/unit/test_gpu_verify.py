@@ -153,7 +153,8 @@ def host_vars(tmp: Path, name: str, case: dict[str, Any]) -> dict[str, Any]:
     proc = d / "proc-version"
     if case.get("proc", True):
         proc.write_text(f"NVRM version: NVIDIA UNIX Open Kernel Module for x86_64  {driver}"
-                        "  Release Build  (dvs-builder@U16-I3-B03-4-3)  Thu Oct  2 2026\n")  # fmt: skip
+                        "  Release Build  (dvs-builder@U16-I3-B03-4-3)"
+                        "  Thu Oct  2 2026\n")  # fmt: skip
     (d / "os-release").write_text('ID=ubuntu\nVERSION_ID="24.04"\n')
     return {
         "__nvidia_driver_pci_root": str(d / "pci"),
@@ -242,7 +243,8 @@ def test_healthy_hgx_reports_every_check(reports: dict[str, Any]) -> None:
     assert checks["GPUs"].startswith("8 listed by nvidia-smi, 8 on the PCI bus")
     assert checks["kernel module"] == "loaded 580.95.05, libraries 580.95.05"
     assert "4 NVSwitch(es) on the PCI bus" in checks["fabric"]
-    assert "nvidia-fabricmanager active; fabric state of 8 GPU(s): all Completed" in checks["fabric"]
+    assert ("nvidia-fabricmanager active; fabric state of 8 GPU(s): all Completed"
+            in checks["fabric"])
     assert checks["CUDA init"] == "cuInit 0, 8 device(s), driver CUDA 13.0"
     assert checks["Python.h"].startswith("/usr/include/python3.12/Python.h present")
     assert checks["Secure Boot"] == "SecureBoot disabled"
@@ -297,18 +299,18 @@ class FakeLibcuda:
     def __init__(self, init: int, devices: int = 8) -> None:
         self.init, self.devices = init, devices
 
-    def cuInit(self, flags: int) -> int:  # noqa: N802 (the C name)
+    def cuInit(self, flags: int) -> int:
         return self.init
 
-    def cuDriverGetVersion(self, out: Any) -> int:  # noqa: N802
+    def cuDriverGetVersion(self, out: Any) -> int:
         out._obj.value = 13000
         return 0
 
-    def cuDeviceGetCount(self, out: Any) -> int:  # noqa: N802
+    def cuDeviceGetCount(self, out: Any) -> int:
         out._obj.value = self.devices
         return 0
 
-    def cuGetErrorName(self, code: int, out: Any) -> int:  # noqa: N802
+    def cuGetErrorName(self, code: int, out: Any) -> int:
         out._obj.value = {802: b"CUDA_ERROR_SYSTEM_NOT_READY"}.get(code, b"CUDA_ERROR_UNKNOWN")
         return 0
 

@@ -29,8 +29,10 @@ OS_RELEASE = {
 }
 # name -> what the stand-in interpreter prints for the probe (None: fails): its version,
 # whether Python.h is in its include folder, and that folder (sysconfig's).
-PYTHONS = {"py310": "3.10.12 no /usr/include/python3.10", "py311": "3.11.0 no /usr/include/python3.11",
-           "py312": "3.12.3 yes /usr/include/python3.12", "py315": "3.15.0 no /usr/include/python3.15",
+PYTHONS = {"py310": "3.10.12 no /usr/include/python3.10",
+           "py311": "3.11.0 no /usr/include/python3.11",
+           "py312": "3.12.3 yes /usr/include/python3.12",
+           "py315": "3.15.0 no /usr/include/python3.15",
            "custom312": "3.12.3 no /opt/py/include/python3.12",
            "custom312h": "3.12.3 yes /opt/py/include/python3.12", "broken": None}  # fmt: skip
 BUILD = ["gcc", "g++", "libc6-dev"]

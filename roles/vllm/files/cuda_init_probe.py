@@ -56,7 +56,8 @@ def probe(lib: Any) -> dict[str, Any]:
     result["devices"] = count.value
     result["ok"] = count_code == 0 and count.value > 0
     if not result["ok"]:
-        result["error"] = f"cuDeviceGetCount: {error_name(lib, count_code)}, {count.value} device(s)"
+        result["error"] = (f"cuDeviceGetCount: {error_name(lib, count_code)},"
+                           f" {count.value} device(s)")
     return result
 
 
