@@ -172,13 +172,25 @@ test: setup lint
 	$(BIN)/pytest -v -p no:cacheprovider -n $(TEST_WORKERS) --dist loadgroup --durations=30 \
 	  tests/lab tests/unit
 
-# This machine's NVIDIA GPUs, driver, CUDA and NVSwitches against the pinned vLLM, read-only
-# and offline (any server with Ansible: ansible-playbook -c local playbooks/gpu_verify.yml).
-# Exit 0 with "no NVIDIA GPU" where there is none; non-zero, saying why, when unusable.
-.PHONY: gpu-verify
+# What vLLM's first start needs on this machine's NVIDIA GPUs, read-only and offline: driver,
+# GPUs, branch vs the pinned vLLM's CUDA, fabric state, /dev/nvidia-uvm, persistence mode,
+# Secure Boot, cuInit, vLLM's Python and its Python.h, a C compiler (playbooks/gpu_verify.yml;
+# needs Ansible: .venv, or ansible-playbook on PATH). Exit 0 with "no NVIDIA GPU" where there
+# is none; non-zero, naming each failed check and its fix. GPU_VERIFY_ARGS: e.g.
+# -e gpu_verify_report=gpu-verify.json.
+.PHONY: gpu-verify gpu-smoke
 gpu-verify:
 	@ANSIBLE_CONFIG=ansible.cfg ANSIBLE_LOCALHOST_WARNING=0 ANSIBLE_INVENTORY_UNPARSED_WARNING=0 \
-	  $(if $(wildcard $(BIN)/ansible-playbook),$(BIN)/ansible-playbook,ansible-playbook) playbooks/gpu_verify.yml
+	  $(if $(wildcard $(BIN)/ansible-playbook),$(BIN)/ansible-playbook,ansible-playbook) playbooks/gpu_verify.yml \
+	  $(GPU_VERIFY_ARGS)
+
+# vLLM's first real start on this machine, in under 9 minutes: gpu-verify, cuInit, a Triton
+# kernel compiled and run with vLLM's interpreter, and (where a package index answers) the
+# CUDA lock installed into a venv and the lab's tiny model served by a transient unit with the
+# vLLM unit's hardening. Standard library only, with or without .venv; leaves nothing behind.
+# Prints a table; GPU_SMOKE_ARGS: e.g. --json smoke.json. Exit 0 when every step run passed.
+gpu-smoke:
+	python3 lab/gpu_smoke.py $(GPU_SMOKE_ARGS)
 
 # The post-check against simulated fleets of 20..200 workers (local processes on 127.0.0.1):
 # wall time and peak memory per size, printed and written to bench-report.json. No lab needed.

@@ -27,9 +27,15 @@ OS_RELEASE = {
     "noble": 'ID=ubuntu\nVERSION_ID="24.04"\n',
     "bookworm": 'ID=debian\nVERSION_ID="12"\n',
 }
-# name -> what the stand-in interpreter prints for sys.version_info[:3] (None: fails).
-PYTHONS = {"py310": "3.10.12", "py311": "3.11.0", "py312": "3.12.3", "py315": "3.15.0",
-           "broken": None}  # fmt: skip
+# name -> what the stand-in interpreter prints for the probe (None: fails): its version,
+# whether Python.h is in its include folder, and that folder (sysconfig's).
+PYTHONS = {"py310": "3.10.12 no /usr/include/python3.10",
+           "py311": "3.11.0 no /usr/include/python3.11",
+           "py312": "3.12.3 yes /usr/include/python3.12",
+           "py315": "3.15.0 no /usr/include/python3.15",
+           "custom312": "3.12.3 no /opt/py/include/python3.12",
+           "custom312h": "3.12.3 yes /opt/py/include/python3.12", "broken": None}  # fmt: skip
+BUILD = ["gcc", "g++", "libc6-dev"]
 
 
 def cases(tmp: Path) -> dict[str, tuple[dict[str, Any], str | None]]:
@@ -47,6 +53,9 @@ def cases(tmp: Path) -> dict[str, tuple[dict[str, Any], str | None]]:
         return {"vllm_device": "cpu", "vllm_python": "auto", "__vllm_os_release": osr[os_name],
                 "__vllm_python_system": py[system], "__vllm_python_packages": jammy_absent,
                 **more}  # fmt: skip
+
+    def gpu_auto(os_name: str, system: str, **more: Any) -> dict[str, Any]:
+        return auto(os_name, system, vllm_device="gpu", **more)
 
     gpu = {"vllm_device": "gpu", "vllm_python": py["py312"]}
     return {
@@ -133,6 +142,24 @@ def cases(tmp: Path) -> dict[str, tuple[dict[str, Any], str | None]]:
             " roles/vllm/vars/main.yml): set vllm_python to an interpreter in that range.",
         ),
         "auto-jammy-older-vllm": (auto("jammy", "py310", vllm_version="0.31.0"), None),
+        # --- GPU: the interpreter's headers and a compiler (Triton at the first start) ------
+        "gpu-auto-bookworm": (gpu_auto("bookworm", "py311"), None),
+        "gpu-auto-noble": (gpu_auto("noble", "py312"), None),
+        "gpu-auto-jammy-provision": (gpu_auto("jammy", "py310"), None),
+        "gpu-auto-jammy-installed": (
+            gpu_auto("jammy", "py310", vllm_python_provision=False,
+                     __vllm_python_packages=jammy_present),
+            None,
+        ),
+        "gpu-explicit-custom-with-headers": ({**gpu, "vllm_python": py["custom312h"]}, None),
+        "gpu-explicit-custom-no-headers": (
+            {**gpu, "vllm_python": py["custom312"]},
+            f"vllm_python={py['custom312']} on localhost has no Python.h in"
+            " /opt/py/include/python3.12: on a GPU, Triton compiles a C launcher against it at"
+            " the first start of vLLM",
+        ),
+        # A CPU host never compiles Triton kernels: the same interpreter is accepted as it is.
+        "cpu-explicit-custom-no-headers": ({**cpu, "vllm_python": py["custom312"]}, None),
     }
 
 
@@ -141,7 +168,7 @@ def outcome(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     tmp = tmp_path_factory.mktemp("vllm_gpu_preflight")
     for name, version in PYTHONS.items():
         script = tmp / name
-        script.write_text(f"#!/bin/sh\necho {version}\n" if version else "#!/bin/sh\nexit 1\n")
+        script.write_text(f"#!/bin/sh\necho '{version}'\n" if version else "#!/bin/sh\nexit 1\n")
         script.chmod(0o755)
     for name, text in OS_RELEASE.items():
         (tmp / f"os-release-{name}").write_text(text)
@@ -199,17 +226,20 @@ def test_case_is_accepted_or_refused_naming_what_is_wrong(
 
 def test_auto_takes_the_distributions_python_when_it_fits(outcome: dict[str, Any]) -> None:
     tmp = Path(outcome["_tmp"])
-    for case, python, version in [("auto-bookworm", "py311", "3.11.0"),
-                                  ("auto-noble", "py312", "3.12.3")]:  # fmt: skip
+    for case, python, version, headers in [("auto-bookworm", "py311", "3.11.0", "no"),
+                                           ("auto-noble", "py312", "3.12.3", "yes")]:  # fmt: skip
+        include = "/usr/include/python" + version.rsplit(".", 1)[0]
         assert outcome[case]["plan"] == {"python": str(tmp / python), "packages": [],
-                                         "version": version, "problem": ""}  # fmt: skip
+                                         "version": version, "problem": "", "include": include,
+                                         "headers": headers, "build_packages": []}  # fmt: skip
 
 
 def test_auto_installs_python311_on_ubuntu_2204(outcome: dict[str, Any]) -> None:
     tmp = Path(outcome["_tmp"])
     assert outcome["auto-jammy-provision"]["plan"] == {
         "python": str(tmp / "absent-python3.11"),
-        "packages": ["python3.11", "python3.11-venv"], "version": "", "problem": ""}  # fmt: skip
+        "packages": ["python3.11", "python3.11-venv"], "version": "", "problem": "",
+        "include": "", "headers": "", "build_packages": []}  # fmt: skip
     # Already there, provisioning off: used as it is, nothing installed.
     assert outcome["auto-jammy-installed-no-provision"]["plan"]["packages"] == []
     assert outcome["auto-jammy-installed-no-provision"]["plan"]["python"] == str(tmp / "py311")
@@ -241,3 +271,40 @@ def test_release_table_rows_and_their_sources() -> None:
     # Ubuntu 22.04's own Python 3.11 (jammy-updates universe).
     assert VARS["__vllm_python_packages"]["ubuntu-22.04"] == {
         "python": "/usr/bin/python3.11", "packages": ["python3.11", "python3.11-venv"]}  # fmt: skip
+
+
+# The packages tasks/python.yml installs on a GPU host, per distribution and interpreter:
+# python3.X-dev of the interpreter chosen, and the compilers.
+GPU_PACKAGES = {
+    "gpu-auto-bookworm": ([], ["python3.11-dev", *BUILD]),
+    "gpu-auto-noble": ([], ["python3.12-dev", *BUILD]),
+    # Not installed yet: python3.11 from jammy-updates (or deadsnakes: the same names).
+    "gpu-auto-jammy-provision": (["python3.11", "python3.11-venv"], ["python3.11-dev", *BUILD]),
+    "gpu-auto-jammy-installed": ([], ["python3.11-dev", *BUILD]),
+    # An interpreter outside the distribution that has its headers: only the compilers.
+    "gpu-explicit-custom-with-headers": ([], BUILD),
+    "cpu-explicit-custom-no-headers": ([], []),
+    "auto-bookworm": ([], []),
+    "auto-jammy-provision": (["python3.11", "python3.11-venv"], []),
+}
+
+
+@pytest.mark.parametrize("case", GPU_PACKAGES)
+def test_gpu_hosts_get_the_interpreters_headers_and_a_compiler(
+    outcome: dict[str, Any], case: str
+) -> None:
+    packages, build = GPU_PACKAGES[case]
+    plan = outcome[case]["plan"]
+    assert (plan["packages"], plan["build_packages"]) == (packages, build)
+
+
+def test_python_tasks_install_the_build_packages_and_check_the_headers_on_gpu() -> None:
+    tasks = yaml.safe_load((REPO / "roles" / "vllm" / "tasks" / "python.yml").read_text())
+    install = tasks[0]
+    assert install["ansible.builtin.apt"]["name"] == "{{ __vllm_python_packages_wanted }}"
+    assert "__vllm_python_plan.build_packages" in install["vars"]["__vllm_python_packages_wanted"]
+    check = next(t for t in tasks if "Python.h" in t["name"] and "ansible.builtin.command" in t)
+    assert check["when"] == "__vllm_device == 'gpu' and not ansible_check_mode"
+    code = check["ansible.builtin.command"]["argv"][2]
+    assert "Python.h" in code and "shutil.which('gcc')" in code
+    assert VARS["__vllm_gpu_build_packages"] == BUILD
