@@ -30,6 +30,7 @@ class LatencyLink:
     def __post_init__(self) -> None:
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self._writers: set[asyncio.StreamWriter] = set()
 
     @property
     def url(self) -> str:
@@ -41,13 +42,13 @@ class LatencyLink:
         return self
 
     async def stop(self) -> None:
+        """Stops listening and resets every relayed connection (both ends)."""
         if self._server is not None:
             self._server.close()
-        for task in list(self._tasks):
-            task.cancel()
-        for task in list(self._tasks):
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        for writer in list(self._writers):
+            writer.transport.abort()
+        if self._tasks:
+            await asyncio.wait(list(self._tasks))
         if self._server is not None:
             await self._server.wait_closed()
             self._server = None
@@ -58,6 +59,7 @@ class LatencyLink:
         task = asyncio.current_task()
         assert task is not None
         self._tasks.add(task)
+        self._writers.add(client_w)
         try:
             try:
                 target_r, target_w = await asyncio.open_connection("127.0.0.1",
@@ -65,8 +67,11 @@ class LatencyLink:
             except OSError:
                 client_w.transport.abort()
                 return
+            self._writers.add(target_w)
             await asyncio.gather(self._pump(client_r, target_w), self._pump(target_r, client_w))
+            self._writers.discard(target_w)
         finally:
+            self._writers.discard(client_w)
             self._tasks.discard(task)
 
     async def _pump(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
