@@ -18,6 +18,12 @@ import yaml
 
 DEFAULT_API_PORT = 8000
 DEFAULT_METRICS_PORT = 8080
+# vLLM's API server (uvicorn) closes a connection idle VLLM_HTTP_TIMEOUT_KEEP_ALIVE seconds
+# after its last answer; 5 unless set (vllm-project/vllm, vllm/envs.py, 0.32). The gateway
+# reuses an idle connection for less, so it never writes a request onto one the worker is
+# closing (README: "Upstream connections").
+DEFAULT_WORKER_KEEPALIVE_S = 5.0
+DEFAULT_UPSTREAM_KEEPALIVE_S = 4.0
 
 
 class ConfigError(Exception):
@@ -47,6 +53,7 @@ class WorkerConfig:
     name: str
     url: str  # base URL without a trailing slash, e.g. http://10.0.0.5:8000
     capacity: int  # the worker's max-num-seqs: at most this many requests in flight on it
+    keepalive_s: float = DEFAULT_WORKER_KEEPALIVE_S  # the worker closes connections idle this long
 
 
 @dataclass(frozen=True)
@@ -69,6 +76,9 @@ class Config:
     shutdown_timeout_s: float = 30.0
     retry_after_s: int = 1
     max_body_bytes: int = 16 * 1024 * 1024
+    # An idle upstream connection is reused only this long (0: a new one per request); below
+    # every worker's keepalive_s.
+    upstream_keepalive_s: float = DEFAULT_UPSTREAM_KEEPALIVE_S
 
 
 class _Checker:
@@ -114,6 +124,18 @@ class _Checker:
             return default
         if not value > 0 or value != value or value == float("inf"):
             self.error(where, f"must be a finite number of seconds > 0, got {value}")
+            return default
+        return float(value)
+
+    def idle_seconds(self, data: Mapping[str, Any], key: str, where: str,
+                     default: float) -> float:
+        """Seconds >= 0 (0: no idle time at all)."""
+        value = data.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            self.error(where, f"must be a number of seconds, got {value!r}")
+            return default
+        if not value >= 0 or value == float("inf"):
+            self.error(where, f"must be a finite number of seconds >= 0, got {value}")
             return default
         return float(value)
 
@@ -188,7 +210,7 @@ def _pools(check: _Checker, value: Any) -> tuple[PoolConfig, ...]:
         for j, raw_worker in enumerate(raw_workers):
             wwhere = f"{where}.workers[{j}]"
             wdata = check.mapping(raw_worker, wwhere)
-            check.unknown(wdata, {"name", "url", "capacity"}, wwhere)
+            check.unknown(wdata, {"name", "url", "capacity", "keepalive_s"}, wwhere)
             name = check.string(wdata, "name", f"{wwhere}.name")
             if name and name in names:
                 check.error(f"{wwhere}.name", f"duplicate worker name {name!r} "
@@ -199,10 +221,27 @@ def _pools(check: _Checker, value: Any) -> tuple[PoolConfig, ...]:
             capacity = check.integer(wdata, "capacity", f"{wwhere}.capacity", 1, 1)
             if "capacity" not in wdata:
                 check.error(f"{wwhere}.capacity", "is required (the worker's max-num-seqs)")
-            workers.append(WorkerConfig(name, url, capacity))
+            keepalive = check.idle_seconds(wdata, "keepalive_s", f"{wwhere}.keepalive_s",
+                                           DEFAULT_WORKER_KEEPALIVE_S)
+            workers.append(WorkerConfig(name, url, capacity, keepalive))
         pools.append(PoolConfig(model, tuple(workers), queue_size, queue_timeout,
                                 request_timeout))
     return tuple(pools)
+
+
+def _check_upstream_keepalive(check: _Checker, idle_s: float,
+                              pools: tuple[PoolConfig, ...]) -> None:
+    """A connection reused after the worker's own keep-alive ran out may already be closing
+    (its FIN still on the way): the request written onto it is lost, a 502."""
+    if idle_s == 0:
+        return
+    late = [f"pools[{i}].workers[{j}].keepalive_s={w.keepalive_s:g} ({w.name})"
+            for i, p in enumerate(pools) for j, w in enumerate(p.workers)
+            if idle_s >= w.keepalive_s]
+    if late:
+        check.error("upstream_keepalive_s", f"must be below every worker's keepalive_s (the "
+                    f"worker closes connections idle that long), got {idle_s:g} s; not below: "
+                    f"{', '.join(late)}; 0 opens a new connection per request")
 
 
 def _same_address(a: Listen, b: Listen) -> bool:
@@ -224,7 +263,7 @@ def parse(data: Any) -> Config:
         check.error("(top level)", "the file is empty")
     check.unknown(top, {"api", "metrics", "pools", "health", "connect_timeout_s",
                         "connect_retries", "shutdown_timeout_s", "retry_after_s",
-                        "max_body_bytes"}, "")
+                        "max_body_bytes", "upstream_keepalive_s"}, "")
     api = check.listen(top.get("api"), "api", DEFAULT_API_PORT)
     metrics = check.listen(top.get("metrics"), "metrics", DEFAULT_METRICS_PORT)
     if _same_address(api, metrics):
@@ -254,7 +293,12 @@ def parse(data: Any) -> Config:
         retry_after_s=check.integer(top, "retry_after_s", "retry_after_s", 1, 1, 3600),
         max_body_bytes=check.integer(top, "max_body_bytes", "max_body_bytes", 16 * 1024 * 1024,
                                      1024),
+        upstream_keepalive_s=check.idle_seconds(top, "upstream_keepalive_s",
+                                                "upstream_keepalive_s",
+                                                DEFAULT_UPSTREAM_KEEPALIVE_S),
     )
+    if not any(e.startswith("upstream_keepalive_s:") for e in check.errors):
+        _check_upstream_keepalive(check, config.upstream_keepalive_s, pools)
     if check.errors:
         raise ConfigError(check.errors)
     return config

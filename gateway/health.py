@@ -60,6 +60,7 @@ class HealthChecker:
         self._session = aiohttp.ClientSession(
             timeout=aiohttp.ClientTimeout(total=self._config.timeout_s),
             connector=aiohttp.TCPConnector(limit=0, force_close=True),
+            cookie_jar=aiohttp.DummyCookieJar(),
         )
         first = await asyncio.gather(*(self.probe(w) for w in self._workers))
         for worker, ok in zip(self._workers, first, strict=True):

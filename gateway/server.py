@@ -18,6 +18,15 @@ from gateway.pool import Pool, Worker
 from gateway.proxy import Api, Exchange
 
 
+def upstream_connector(keepalive_s: float) -> aiohttp.TCPConnector:
+    """The connection pool to the workers. An idle connection is reused for at most
+    ``keepalive_s`` (config: below every worker's own keep-alive), so the gateway never writes
+    a request onto a connection the worker is closing; 0: a new connection per request."""
+    if keepalive_s == 0:
+        return aiohttp.TCPConnector(limit=0, force_close=True)
+    return aiohttp.TCPConnector(limit=0, keepalive_timeout=keepalive_s)
+
+
 class Gateway:
     """Everything the gateway holds; no module-level state, so tests can run several."""
 
@@ -48,10 +57,13 @@ class Gateway:
 
     async def start(self) -> None:
         self._session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=30),
+            connector=upstream_connector(self.config.upstream_keepalive_s),
             timeout=aiohttp.ClientTimeout(total=None, sock_connect=self.config.connect_timeout_s),
             auto_decompress=False,
             skip_auto_headers=("User-Agent", "Accept-Encoding"),
+            # One session carries every client's requests: a worker's Set-Cookie goes back to
+            # its own client only, never into a jar that would replay it on others' requests.
+            cookie_jar=aiohttp.DummyCookieJar(),
         )
         try:
             self.api_address = await self._listen(Api(self).app(), self.config.api.host,

@@ -5,7 +5,9 @@ It is not vLLM. It answers ``/health``, ``/v1/models``, ``/v1/completions`` and
 delay, and records what it received (paths, ``Authorization``), how many requests it has in
 flight, and how many were cancelled by a disconnecting client. Tests can hold requests (``hold``),
 fail them (``status``), make ``/health`` fail, or kill it abruptly (``kill``: connections reset,
-port closed, like kill -9).
+port closed, like kill -9). Like vLLM's server (uvicorn, ``VLLM_HTTP_TIMEOUT_KEEP_ALIVE``) it
+closes a connection idle for ``keepalive_s``; it can answer with a ``Set-Cookie`` (``set_cookie``)
+and records the ``Cookie`` each request carried.
 
 Run alone (the benchmark does): ``python -m gateway.testing.fakes --port 0 --delay-ms 0``; it
 prints ``{"port": N}`` on stdout once listening.
@@ -31,6 +33,7 @@ class Received:
     authorization: str | None
     stream: bool
     content_types: list[str]
+    cookie: str | None = None
 
 
 @dataclass
@@ -49,6 +52,9 @@ class FakeWorker:
     cancelled: int = 0
     health_checks: int = 0
     port: int = 0
+    keepalive_s: float = 75.0  # closes a connection idle this long (aiohttp's default: 75)
+    set_cookie: str | None = None  # e.g. "session=abc": answers carry this Set-Cookie
+    host: str = "127.0.0.1"  # in url only: "localhost" gives a host name (cookies need one)
 
     def __post_init__(self) -> None:
         self._runner: web.AppRunner | None = None
@@ -58,7 +64,7 @@ class FakeWorker:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://{self.host}:{self.port}"
 
     async def start(self, port: int | None = None) -> FakeWorker:
         app = web.Application()
@@ -67,7 +73,7 @@ class FakeWorker:
         app.router.add_post("/v1/completions", self._complete)
         app.router.add_post("/v1/chat/completions", self._complete)
         self._runner = web.AppRunner(app, access_log=None, handler_cancellation=True,
-                                     shutdown_timeout=0.1)
+                                     shutdown_timeout=0.1, keepalive_timeout=self.keepalive_s)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", self.port if port is None else port,
                            reuse_address=True)
@@ -127,7 +133,8 @@ class FakeWorker:
         stream = bool(body.get("stream"))
         self.received.append(Received(request.path, body.get("model"),
                                       request.headers.get("Authorization"), stream,
-                                      request.headers.getall("Content-Type", [])))
+                                      request.headers.getall("Content-Type", []),
+                                      request.headers.get("Cookie")))
         self.in_flight += 1
         self.max_in_flight = max(self.max_in_flight, self.in_flight)
         self._requests[id(request)] = request
@@ -141,11 +148,14 @@ class FakeWorker:
                 if self.delay_s:
                     await asyncio.sleep(self.delay_s)
                 self.completed += 1
-                return web.json_response({
+                answer = web.json_response({
                     "id": "cmpl-fake", "object": "text_completion", "model": self.model,
                     "choices": [{"index": 0, "text": "fake", "finish_reason": "length"}],
                     "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
                 })
+                if self.set_cookie is not None:
+                    answer.headers["Set-Cookie"] = self.set_cookie
+                return answer
             response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
             await response.prepare(request)
             for i in range(self.chunks):

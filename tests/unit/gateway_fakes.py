@@ -25,8 +25,10 @@ __all__ = ["FakeWorker", "config", "families", "gateway", "run", "sample", "wait
 FAST_HEALTH = {"interval_s": 0.05, "timeout_s": 0.05, "rise": 2, "fall": 2}
 
 
-def config(pools: dict[str, list[tuple[str, str, int]]], **overrides: Any) -> Config:
-    """pools: model -> [(worker name, url, capacity)]; overrides: top-level or pool keys."""
+def config(pools: dict[str, list[tuple[str, str, int]]], worker_keys: dict[str, Any] | None = None,
+           **overrides: Any) -> Config:
+    """pools: model -> [(worker name, url, capacity)]; worker_keys: more keys of every worker;
+    overrides: top-level or pool keys."""
     pool_keys = {"queue_size", "queue_timeout_s", "request_timeout_s"}
     data: dict[str, Any] = {
         "api": {"host": "127.0.0.1", "port": 0},
@@ -35,7 +37,8 @@ def config(pools: dict[str, list[tuple[str, str, int]]], **overrides: Any) -> Co
         "shutdown_timeout_s": 5,
         "pools": [
             {"model": model,
-             "workers": [{"name": n, "url": u, "capacity": c} for n, u, c in workers],
+             "workers": [{"name": n, "url": u, "capacity": c, **(worker_keys or {})}
+                         for n, u, c in workers],
              **{k: v for k, v in overrides.items() if k in pool_keys}}
             for model, workers in pools.items()
         ],

@@ -36,6 +36,41 @@ def test_defaults() -> None:
     assert pool.workers[1].url == "http://10.0.0.6:8000"  # no trailing slash
     assert (cfg.health.interval_s, cfg.health.rise, cfg.health.fall) == (5.0, 2, 3)
     assert (cfg.connect_retries, cfg.shutdown_timeout_s) == (2, 30.0)
+    # vLLM's VLLM_HTTP_TIMEOUT_KEEP_ALIVE default (5 s); the gateway reuses for less.
+    assert (pool.workers[0].keepalive_s, cfg.upstream_keepalive_s) == (5.0, 4.0)
+
+
+def _with_keepalives(upstream: Any, workers: tuple[Any, Any]) -> dict[str, Any]:
+    data: dict[str, Any] = {"pools": [{"model": "tiny-llama", "workers": [
+        {"name": "gpu1/main", "url": "http://10.0.0.5:8000", "capacity": 8},
+        {"name": "gpu2/main", "url": "http://10.0.0.6:8000", "capacity": 8}]}]}
+    if upstream is not None:
+        data["upstream_keepalive_s"] = upstream
+    for worker, keepalive in zip(data["pools"][0]["workers"], workers, strict=True):
+        if keepalive is not None:
+            worker["keepalive_s"] = keepalive
+    return data
+
+
+def test_upstream_keepalive_below_every_worker_s_keepalive_or_0() -> None:
+    cfg = parse(_with_keepalives(9.5, (10, 60)))
+    assert cfg.upstream_keepalive_s == 9.5
+    assert [w.keepalive_s for w in cfg.pools[0].workers] == [10.0, 60.0]
+    assert parse(_with_keepalives(0, (0, None))).upstream_keepalive_s == 0.0  # no reuse
+    # Equal is refused: the worker's close and the gateway's next request may cross.
+    assert errors(_with_keepalives(None, (5, 4))) == [
+        "upstream_keepalive_s: must be below every worker's keepalive_s (the worker closes "
+        "connections idle that long), got 4 s; not below: "
+        "pools[0].workers[1].keepalive_s=4 (gpu2/main); 0 opens a new connection per request"]
+    assert errors(_with_keepalives(6, (None, 2.5))) == [
+        "upstream_keepalive_s: must be below every worker's keepalive_s (the worker closes "
+        "connections idle that long), got 6 s; not below: "
+        "pools[0].workers[0].keepalive_s=5 (gpu1/main), "
+        "pools[0].workers[1].keepalive_s=2.5 (gpu2/main); 0 opens a new connection per request"]
+    assert errors(_with_keepalives(-1, (None, None))) == [
+        "upstream_keepalive_s: must be a finite number of seconds >= 0, got -1"]
+    assert errors(_with_keepalives(None, ("5s", None))) == [
+        "pools[0].workers[0].keepalive_s: must be a number of seconds, got '5s'"]
 
 
 def test_every_error_is_listed_with_its_option() -> None:

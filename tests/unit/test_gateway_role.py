@@ -4,6 +4,7 @@ the gateway's own `vllm-gateway --check-config`."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import re
@@ -19,15 +20,19 @@ from conftest import REPO, check_validate_cases, run_ansible_playbook, write_inv
 # Two worker hosts with two vLLM instances each, two models. Capacities as the vllm role
 # resolves max-num-seqs: g1 (a GPU host) sets it in vllm_engine_args (16), g1/a's own args win
 # (8); g2 is a CPU host without it: vLLM's CPU default, 128 per tensor-parallel rank.
+# Keep-alive (VLLM_HTTP_TIMEOUT_KEEP_ALIVE) as the vllm unit's environment gets it: g1's
+# vllm_environment says 30, g1/b's own env 3 wins; g2 sets none: vLLM's 5.
 WORKERS: dict[str, Any] = {
     "g1": {
         "ansible_host": "10.0.0.5",
         "vllm_device": "gpu",
         "vllm_engine_args": {"max-num-seqs": 16},
+        "vllm_environment": {"VLLM_HTTP_TIMEOUT_KEEP_ALIVE": "30"},
         "vllm_instances": [
             {"name": "a", "port": 8000, "model": "/srv/models/llama", "served_model_name": "llama",
              "args": {"max-num-seqs": 8}},
-            {"name": "b", "port": 8001, "model": "org/qwen"},
+            {"name": "b", "port": 8001, "model": "org/qwen",
+             "env": {"VLLM_HTTP_TIMEOUT_KEEP_ALIVE": 3}},
         ],
     },
     "g2": {
@@ -52,6 +57,10 @@ INVENTORY: dict[str, Any] = {
             "bare_workers": {"hosts": {"g3": {"ansible_host": "10.0.0.7"}}},
             "bad_workers": {"hosts": {"g4": {"ansible_host": "10.0.0.8", "vllm_instances": [
                 {"name": "a", "port": 8000, "model": "m", "args": {"max-num-seqs": 0}}]}}},
+            "bad_keepalive_workers": {"hosts": {"g5": {
+                "ansible_host": "10.0.0.9",
+                "vllm_environment": {"VLLM_HTTP_TIMEOUT_KEEP_ALIVE": "5s"},
+                "vllm_instances": [{"name": "a", "port": 8000, "model": "m"}]}}},
         }
     }
 }
@@ -70,6 +79,13 @@ CASES: list[tuple[str, dict[str, Any], str | None]] = [
      "gateway_worker_group=bare_workers: its hosts (g3) list no vllm_instances"),
     ("a worker with max-num-seqs 0", {"gateway_worker_group": "bad_workers"},
      "capacity of worker g4/a: max-num-seqs of g4/a must be 1 or more"),
+    ("a worker keep-alive that is not whole seconds",
+     {"gateway_worker_group": "bad_keepalive_workers"},
+     "VLLM_HTTP_TIMEOUT_KEEP_ALIVE='5s' of worker g5/a: must be a whole number of seconds >= 0"),
+    ("keep-alive margin 0", {"gateway_upstream_keepalive_margin_s": 0},
+     "gateway_upstream_keepalive_margin_s=0: seconds above 0 between the workers' keep-alive"),
+    ("negative keep-alive margin", {"gateway_upstream_keepalive_margin_s": -1},
+     "gateway_upstream_keepalive_margin_s=-1: seconds above 0"),
     ("queue size 0", {"gateway_queue_size": 0}, "gateway_queue_size=0 (1 or more"),
     ("queue timeout 0", {"gateway_queue_timeout_s": 0}, "gateway_queue_timeout_s=0"),
     ("negative request timeout", {"gateway_request_timeout_s": -5},
@@ -162,18 +178,56 @@ def test_config_has_a_pool_per_model_with_resolved_capacities(tmp_path: Path) ->
     pools = {p["model"]: p for p in config["pools"]}
     assert list(pools) == ["llama", "org/qwen"]
     assert pools["llama"]["workers"] == [
-        {"name": "g1/a", "url": "http://10.0.0.5:8000", "capacity": 8},
-        {"name": "g2/a", "url": "http://10.0.0.6:8000", "capacity": 128},
+        {"name": "g1/a", "url": "http://10.0.0.5:8000", "capacity": 8, "keepalive_s": 30},
+        {"name": "g2/a", "url": "http://10.0.0.6:8000", "capacity": 128, "keepalive_s": 5},
     ]
     assert pools["org/qwen"]["workers"] == [
-        {"name": "g1/b", "url": "http://10.0.0.5:8001", "capacity": 16},
-        {"name": "g2/b", "url": "http://10.0.0.6:8001", "capacity": 256},
+        {"name": "g1/b", "url": "http://10.0.0.5:8001", "capacity": 16, "keepalive_s": 3},
+        {"name": "g2/b", "url": "http://10.0.0.6:8001", "capacity": 256, "keepalive_s": 5},
     ]
+    # The shortest worker keep-alive (g1/b's 3 s) minus the 1 s margin.
+    assert config["upstream_keepalive_s"] == 2.0
     assert (pools["llama"]["queue_size"], pools["org/qwen"]["queue_size"]) == (100, 7)
     check = subprocess.run(
         [str(Path(sys.executable).parent / "vllm-gateway"), "--check-config", str(dest)],
         capture_output=True, text=True, check=False)
     assert check.returncode == 0, check.stderr
+
+
+def _keepalive_filters() -> Any:
+    path = REPO / "roles/gateway/filter_plugins/gateway_keepalive.py"
+    spec = importlib.util.spec_from_file_location("gateway_keepalive_filters", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_upstream_keepalive_is_the_shortest_worker_keepalive_less_the_margin() -> None:
+    filters = _keepalive_filters()
+    assert filters.gateway_upstream_keepalive([5, 30, 3], 1) == 2.0
+    assert filters.gateway_upstream_keepalive([5, 5], 0.25) == 4.75
+    # Nothing left (a worker closing after 1 s, or at once): a new connection per request.
+    assert filters.gateway_upstream_keepalive([1, 5], 1) == 0.0
+    assert filters.gateway_upstream_keepalive([0], 1) == 0.0
+    # The layers of the vllm unit's environment: the last that sets it wins.
+    assert filters.gateway_keepalive([{"VLLM_HTTP_TIMEOUT_KEEP_ALIVE": "30"}, {}], 5, "h/a") == 30
+    assert filters.gateway_keepalive([{}, {"VLLM_HTTP_TIMEOUT_KEEP_ALIVE": 0}], 5, "h/a") == 0
+    assert filters.gateway_keepalive([{}, None], 5, "h/a") == 5
+    with pytest.raises(Exception, match=r"VLLM_HTTP_TIMEOUT_KEEP_ALIVE='-1' of worker h/a"):
+        filters.gateway_keepalive([{"VLLM_HTTP_TIMEOUT_KEEP_ALIVE": "-1"}], 5, "h/a")
+
+
+def test_the_gateway_s_worker_keepalive_default_is_what_the_vllm_role_renders() -> None:
+    """Without vllm_environment or an instance env setting it, an instance runs with the vllm
+    role's base VLLM_HTTP_TIMEOUT_KEEP_ALIVE, or, when the role renders none, vLLM's own 5
+    (vllm/envs.py); the gateway role assumes the same."""
+    gateway_vars = yaml.safe_load((REPO / "roles/gateway/vars/main.yml").read_text())
+    vllm_vars = yaml.safe_load((REPO / "roles/vllm/vars/main.yml").read_text())
+    vllm_defaults = yaml.safe_load((REPO / "roles/vllm/defaults/main.yml").read_text())
+    rendered = {**vllm_vars["__vllm_common_environment"], **vllm_defaults["vllm_environment"]}
+    assert str(rendered.get("VLLM_HTTP_TIMEOUT_KEEP_ALIVE", 5)) == str(
+        gateway_vars["__gateway_vllm_keepalive_s"])
 
 
 def test_unit_stops_after_the_gateway_s_own_shutdown_timeout() -> None:
