@@ -8,6 +8,7 @@ import http.client
 import select
 import socket
 import ssl
+import time
 from urllib.parse import urlsplit
 
 import requests
@@ -107,8 +108,12 @@ class KeepAlive:
     requests needs per request, which decides whether one post-check process can keep
     --concurrency requests in flight at each of hundreds of instances. Never retries (a
     retried completion would be counted twice); a connection the server closed while idle
-    is noticed before it is reused.
+    is noticed before it is reused, and one idle for IDLE_REUSE_S or longer is not reused at
+    all: vLLM closes idle connections after 5 s (VLLM_HTTP_TIMEOUT_KEEP_ALIVE), and a request
+    written just as it does would fail with no answer.
     """
+
+    IDLE_REUSE_S = 2.0
 
     def __init__(self, base_url: str, api_key: str | None, timeout: float) -> None:
         parts = urlsplit(base_url)
@@ -122,9 +127,13 @@ class KeepAlive:
         if api_key:
             self.headers["Authorization"] = f"Bearer {api_key}"
         self.conn: http.client.HTTPConnection | None = None
+        self.idle_since = 0.0
 
     def _connect(self, url: str) -> http.client.HTTPConnection:
-        if self.conn is not None and (self.conn.sock is None or _dropped(self.conn.sock)):
+        idle_too_long = time.monotonic() - self.idle_since >= self.IDLE_REUSE_S
+        if self.conn is not None and (
+            idle_too_long or self.conn.sock is None or _dropped(self.conn.sock)
+        ):
             self.close()
         if self.conn is None:
             cls = http.client.HTTPSConnection if self.https else http.client.HTTPConnection
@@ -157,6 +166,7 @@ class KeepAlive:
             raise TransportError(describe_os_error(exc, url, connecting=False)) from None
         if resp.will_close:
             self.close()
+        self.idle_since = time.monotonic()
         return resp.status, data
 
     def close(self) -> None:
