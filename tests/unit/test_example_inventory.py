@@ -106,12 +106,15 @@ def test_readme_vault_step_lists_every_vault_variable_the_example_uses() -> None
 def test_controller_steps_are_make_targets_that_set_up_only_the_controller() -> None:
     assert controller_steps() == ["make venv", "make gateway-wheelhouse"]
     # -W: as if requirements.txt had changed, so the recipe is printed even where .venv is built.
-    venv = subprocess.run(["make", "-n", "-W", "requirements.txt", "venv"], cwd=REPO,
+    # --no-print-directory: under `make test` this make is a sub-make, which prints its folder.
+    venv = subprocess.run(["make", "--no-print-directory", "-n", "-W", "requirements.txt", "venv"],
+                          cwd=REPO,
                           capture_output=True, text=True, check=True).stdout  # fmt: skip
     recipe = [line for line in venv.splitlines() if line.strip()]
     assert recipe and all(re.match(r"(test -x|\.venv/bin/pip install|touch) ", line)
                           for line in recipe), recipe  # fmt: skip
-    wheels = subprocess.run(["make", "-n", "gateway-wheelhouse"], cwd=REPO, capture_output=True,
+    wheels = subprocess.run(["make", "--no-print-directory", "-n", "gateway-wheelhouse"], cwd=REPO,
+                            capture_output=True,
                             text=True, check=True).stdout  # fmt: skip
     gateway_default = yaml.safe_load((REPO / "roles/gateway/defaults/main.yml").read_text())
     assert f"mkdir -p {gateway_default['gateway_wheelhouse_src']}" in wheels
