@@ -117,25 +117,17 @@ class _Checker:
             return default
         return value
 
-    def seconds(self, data: Mapping[str, Any], key: str, where: str, default: float) -> float:
+    def seconds(self, data: Mapping[str, Any], key: str, where: str, default: float,
+                allow_zero: bool = False) -> float:
+        """A finite number of seconds > 0 (>= 0 with allow_zero: 0 meaning none at all)."""
         value = data.get(key, default)
         if isinstance(value, bool) or not isinstance(value, int | float):
             self.error(where, f"must be a number of seconds, got {value!r}")
             return default
-        if not value > 0 or value != value or value == float("inf"):
-            self.error(where, f"must be a finite number of seconds > 0, got {value}")
-            return default
-        return float(value)
-
-    def idle_seconds(self, data: Mapping[str, Any], key: str, where: str,
-                     default: float) -> float:
-        """Seconds >= 0 (0: no idle time at all)."""
-        value = data.get(key, default)
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            self.error(where, f"must be a number of seconds, got {value!r}")
-            return default
-        if not value >= 0 or value == float("inf"):
-            self.error(where, f"must be a finite number of seconds >= 0, got {value}")
+        in_range = value >= 0 if allow_zero else value > 0  # NaN is in neither
+        if not in_range or value == float("inf"):
+            bound = ">= 0" if allow_zero else "> 0"
+            self.error(where, f"must be a finite number of seconds {bound}, got {value}")
             return default
         return float(value)
 
@@ -221,8 +213,8 @@ def _pools(check: _Checker, value: Any) -> tuple[PoolConfig, ...]:
             capacity = check.integer(wdata, "capacity", f"{wwhere}.capacity", 1, 1)
             if "capacity" not in wdata:
                 check.error(f"{wwhere}.capacity", "is required (the worker's max-num-seqs)")
-            keepalive = check.idle_seconds(wdata, "keepalive_s", f"{wwhere}.keepalive_s",
-                                           DEFAULT_WORKER_KEEPALIVE_S)
+            keepalive = check.seconds(wdata, "keepalive_s", f"{wwhere}.keepalive_s",
+                                      DEFAULT_WORKER_KEEPALIVE_S, allow_zero=True)
             workers.append(WorkerConfig(name, url, capacity, keepalive))
         pools.append(PoolConfig(model, tuple(workers), queue_size, queue_timeout,
                                 request_timeout))
@@ -293,9 +285,8 @@ def parse(data: Any) -> Config:
         retry_after_s=check.integer(top, "retry_after_s", "retry_after_s", 1, 1, 3600),
         max_body_bytes=check.integer(top, "max_body_bytes", "max_body_bytes", 16 * 1024 * 1024,
                                      1024),
-        upstream_keepalive_s=check.idle_seconds(top, "upstream_keepalive_s",
-                                                "upstream_keepalive_s",
-                                                DEFAULT_UPSTREAM_KEEPALIVE_S),
+        upstream_keepalive_s=check.seconds(top, "upstream_keepalive_s", "upstream_keepalive_s",
+                                           DEFAULT_UPSTREAM_KEEPALIVE_S, allow_zero=True),
     )
     if not any(e.startswith("upstream_keepalive_s:") for e in check.errors):
         _check_upstream_keepalive(check, config.upstream_keepalive_s, pools)
