@@ -22,18 +22,19 @@ def ssh(address: str, command: str) -> str:
                           capture_output=True, timeout=30).stdout.strip()
 
 
-def reboot_state(address: str) -> str:
+def reboot_state(name: str, address: str) -> str:
     """Why a host is not back: its console (the supervisor's log), whether its nspawn runs,
     whether it answers on the bridge, and the load of the machine under the lab."""
-    console = Path("/run/vllm-lab/lt-a.log")
+    console = Path(f"/run/vllm-lab/{name}.log")
     tail = console.read_text(errors="replace")[-3000:] if console.exists() else "(no console log)"
     here = subprocess.run(
-        f"uptime; free -m; pgrep -af 'systemd-nspawn.*machine=lt-a' || echo 'no nspawn for lt-a'; "
+        f"uptime; free -m; pgrep -af 'systemd-nspawn.*machine={name}' || "
+        f"echo 'no nspawn for {name}'; "
         f"ping -c1 -W1 {address} >/dev/null && echo '{address} answers ping' || "
         f"echo '{address} does not answer ping'; "
         "ps -eo pid,pcpu,rss,etime,args --sort=-pcpu | head -12",
         shell=True, text=True, capture_output=True).stdout
-    return f"--- lt-a's console:\n{tail}\n--- the machine under the lab:\n{here}"
+    return f"--- {name}'s console:\n{tail}\n--- the machine under the lab:\n{here}"
 
 
 def leftovers() -> list[str]:
@@ -79,7 +80,8 @@ def test_hosts_boot_reboot_and_leave_nothing_behind() -> None:
                 boot_after = ssh(a, "cat /proc/sys/kernel/random/boot_id")
             except (subprocess.CalledProcessError, subprocess.TimeoutExpired):
                 continue
-        assert boot_after != boot_before, f"lt-a did not come back from a reboot\n{reboot_state(a)}"
+        assert boot_after != boot_before, (
+            f"lt-a did not come back from a reboot\n{reboot_state('lt-a', a)}")
     finally:
         run([str(LABCTL), "down", "--lab", LAB])
     assert leftovers() == []
