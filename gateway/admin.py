@@ -10,6 +10,8 @@
   ``wait``, the answer comes when its in-flight requests reach 0 or after SECONDS. 200 when none
   is in flight any more, 202 while some still are (the body says how many).
 * ``POST /admin/workers/{name}/undrain``: the worker takes requests again (once healthy).
+* ``POST /admin/alerts``: Alertmanager's webhook; drain alerts drain and undrain a host's
+  workers (gateway/alerts.py). ``GET /admin/alerts``: which alerts hold which workers.
 
 Worker names contain ``/`` (``gpu1/main``): the route takes the rest of the path, so both
 ``/admin/workers/gpu1/main/drain`` and the URL-encoded ``gpu1%2Fmain`` work.
@@ -18,10 +20,13 @@ Worker names contain ``/`` (``gpu1/main``): the route takes the rest of the path
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from typing import TYPE_CHECKING
 
 from aiohttp import web
+
+from gateway import alerts
 
 if TYPE_CHECKING:
     from gateway.server import Gateway
@@ -32,6 +37,8 @@ ACTIONS = ("drain", "undrain")
 class Admin:
     def __init__(self, gateway: Gateway) -> None:
         self.gw = gateway
+        self.alert_drains = alerts.AlertDrains(gateway.all_workers, gateway.set_draining,
+                                               gateway.log)
 
     def app(self) -> web.Application:
         app = web.Application()
@@ -39,6 +46,8 @@ class Admin:
         app.router.add_get("/health", self.health)
         app.router.add_get("/admin/workers", self.workers)
         app.router.add_route("*", "/admin/workers/{rest:.+}", self.worker)
+        app.router.add_post("/admin/alerts", self.post_alerts)
+        app.router.add_get("/admin/alerts", self.get_alerts)
         return app
 
     async def metrics(self, request: web.Request) -> web.Response:
@@ -70,14 +79,31 @@ class Admin:
         if request.method != "POST":
             raise web.HTTPMethodNotAllowed(request.method, ["POST"])
         if action == "undrain":
+            self.alert_drains.operator_set(worker)
             self.gw.set_draining(worker, False)
             return web.json_response(worker.state())
         try:
             wait_s = float(request.query.get("wait", "0"))
         except ValueError:
             return web.json_response({"error": "wait must be a number of seconds"}, status=400)
+        self.alert_drains.operator_set(worker)
         self.gw.set_draining(worker, True)
         deadline = time.monotonic() + max(0.0, min(wait_s, 3600.0))
         while worker.in_flight and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
         return web.json_response(worker.state(), status=202 if worker.in_flight else 200)
+
+    async def post_alerts(self, request: web.Request) -> web.Response:
+        try:
+            data = json.loads(await request.read())
+        except ValueError as e:
+            return web.json_response({"error": f"the body is not JSON: {e}"}, status=400)
+        try:
+            parsed = alerts.parse_payload(data)
+        except alerts.PayloadError as e:
+            return web.json_response({"error": str(e)}, status=400)
+        outcome = self.alert_drains.apply(parsed)
+        return web.json_response(outcome.answer(self.alert_drains.holding()))
+
+    async def get_alerts(self, request: web.Request) -> web.Response:
+        return web.json_response(alerts.summary(self.alert_drains))
