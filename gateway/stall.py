@@ -175,11 +175,14 @@ class StallWatch:
     async def _probe(self, worker: Worker, quiet: _Quiet) -> None:
         try:
             authorization = self._authorization(worker)
+            silent_from = quiet.since
             sent = time.monotonic()
-            silent_s = sent - quiet.since
+            silent_s = sent - silent_from
             status = await self.canary(worker, authorization)
             now = time.monotonic()
-            if status is None and worker.last_bytes <= sent:
+            # Stalled: no answer to the canary, and not a byte of any answer since the silence
+            # began (with a full batch the canary waits for a running request to finish).
+            if status is None and worker.last_bytes <= silent_from:
                 self._stalled(worker, authorization, silent_s + (now - sent))
                 return
             if status is not None and status != 200:

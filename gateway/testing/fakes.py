@@ -38,6 +38,8 @@ class Received:
     stream: bool
     content_types: list[str]
     cookie: str | None = None
+    request_id: str | None = None  # X-Request-Id: the gateway's canaries are gateway-canary-*
+    max_tokens: int | None = None
 
 
 @dataclass
@@ -160,7 +162,9 @@ class FakeWorker:
         self.received.append(Received(request.path, body.get("model"),
                                       request.headers.get("Authorization"), stream,
                                       request.headers.getall("Content-Type", []),
-                                      request.headers.get("Cookie")))
+                                      request.headers.get("Cookie"),
+                                      request.headers.get("X-Request-Id"),
+                                      body.get("max_tokens")))
         self.in_flight += 1
         self.max_in_flight = max(self.max_in_flight, self.in_flight)
         self._requests[id(request)] = request
