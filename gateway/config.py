@@ -24,6 +24,26 @@ DEFAULT_METRICS_PORT = 8080
 # closing (README: "Upstream connections").
 DEFAULT_WORKER_KEEPALIVE_S = 5.0
 DEFAULT_UPSTREAM_KEEPALIVE_S = 4.0
+# Hung engines (README: "Hung engines"). vLLM answers /health 200 unless its engine is dead, so
+# an engine that is alive but makes no progress is found by its silence: a worker with requests
+# in flight that sends no response byte for STALL_S gets a one-token canary completion.
+# Silence is normal for a while on a healthy GPU worker: a non-streamed answer sends nothing
+# until its last token, and a 128k-token prompt is prefilled before the first one. Estimates
+# (2 FLOPs per parameter per token plus 4*layers*n^2*d_model/2 for causal attention, at 40 %
+# of an H100's dense BF16 peak of 989 TFLOP/s, FP8 counted at BF16 speed): Llama-70B on 4
+# H100s ~ (1.8e16 + 2.3e16) FLOP / 1.6e15 FLOP/s ~ 26 s; a 405B model on 8 H100s
+# ~ (1.1e17 + 0.7e17) / 3.2e15 ~ 56 s; two such prompts queued ~ 110 s. A full batch of
+# 2k-token non-streamed answers at 20-50 tokens/s each runs 40-100 s before one finishes.
+# 120 s of silence is past all of these, and only starts a canary: the worker is taken out
+# when the canary, too, gets no answer.
+DEFAULT_STALL_S = 120.0
+# The canary's own wait on a healthy engine: one scheduler step, unless a long prefill holds
+# the step's token budget (V1's chunked prefill schedules running requests first) or the batch
+# is full (it then waits for a running request to finish, whose bytes count as progress
+# too: see gateway/stall.py). 60 s covers one 128k-token prefill on a 405B-class engine
+# (~56 s above); the worst case to take a hung worker out is stall_s + canary_timeout_s
+# (+ one check), 3 minutes, instead of never.
+DEFAULT_CANARY_TIMEOUT_S = 60.0
 
 
 class ConfigError(Exception):
@@ -46,6 +66,8 @@ class HealthConfig:
     timeout_s: float = 2.0
     rise: int = 2
     fall: int = 3
+    stall_s: float = DEFAULT_STALL_S  # in flight, no response byte this long: a canary
+    canary_timeout_s: float = DEFAULT_CANARY_TIMEOUT_S  # no answer to it: the worker is down
 
 
 @dataclass(frozen=True)
@@ -262,17 +284,27 @@ def parse(data: Any) -> Config:
         check.error("metrics.port", f"clashes with api.port ({api.port}): the API and "
                     "/metrics must listen on separate ports")
     hdata = check.mapping(top.get("health"), "health")
-    check.unknown(hdata, {"interval_s", "timeout_s", "rise", "fall"}, "health")
+    check.unknown(hdata, {"interval_s", "timeout_s", "rise", "fall", "stall_s",
+                          "canary_timeout_s"}, "health")
     health = HealthConfig(
         interval_s=check.seconds(hdata, "interval_s", "health.interval_s", 5.0),
         timeout_s=check.seconds(hdata, "timeout_s", "health.timeout_s", 2.0),
         rise=check.integer(hdata, "rise", "health.rise", 2, 1),
         fall=check.integer(hdata, "fall", "health.fall", 3, 1),
+        stall_s=check.seconds(hdata, "stall_s", "health.stall_s", DEFAULT_STALL_S),
+        canary_timeout_s=check.seconds(hdata, "canary_timeout_s", "health.canary_timeout_s",
+                                       DEFAULT_CANARY_TIMEOUT_S),
     )
     already = any(e.startswith(("health.timeout_s:", "health.interval_s:")) for e in check.errors)
     if health.timeout_s > health.interval_s and not already:
         check.error("health.timeout_s", f"must not exceed health.interval_s "
                     f"({health.timeout_s} > {health.interval_s})")
+    already = any(e.startswith(("health.stall_s:", "health.canary_timeout_s:"))
+                  for e in check.errors)
+    if health.canary_timeout_s > health.stall_s and not already:
+        check.error("health.canary_timeout_s", f"must not exceed health.stall_s "
+                    f"({health.canary_timeout_s:g} > {health.stall_s:g}): a worker is taken out "
+                    "after stall_s of silence and a canary unanswered for canary_timeout_s")
     pools = _pools(check, top.get("pools"))
     config = Config(
         api=api,

@@ -4,14 +4,16 @@ A worker starts not ready. Its first good check makes it ready (so a gateway sta
 front of a serving fleet is ready after one check, which start() waits for: a gateway that
 says it started routes at once); after that it goes down after ``fall``
 consecutive bad checks and comes back after ``rise`` consecutive good ones. A connect failure
-while proxying marks it down at once (``mark_down``); it then needs ``rise`` good checks.
+while proxying marks it down at once (``mark_down``); it then needs ``rise`` good checks. A
+worker the stall watch took out (``stalled``, gateway/stall.py) must also answer a canary
+completion in each of them.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import aiohttp
 
@@ -49,10 +51,12 @@ class HealthChecker:
     """One probing task per worker; ``on_change(worker)`` after each change of health."""
 
     def __init__(self, workers: list[Worker], config: HealthConfig,
-                 on_change: Callable[[Worker], None]) -> None:
+                 on_change: Callable[[Worker], None],
+                 canary: Callable[[Worker], Awaitable[bool]] | None = None) -> None:
         self._workers = workers
         self._config = config
         self._on_change = on_change
+        self._canary = canary  # a stalled worker must answer it too (gateway/stall.py)
         self._tasks: list[asyncio.Task[None]] = []
         self._session: aiohttp.ClientSession | None = None
 
@@ -91,5 +95,7 @@ class HealthChecker:
         while True:  # the first check was start()'s
             await asyncio.sleep(self._config.interval_s)
             ok = await self.probe(worker)
+            if ok and worker.stalled and self._canary is not None:
+                ok = await self._canary(worker)  # /health says 200 while the engine hangs
             if observe(worker, ok, self._config.rise, self._config.fall):
                 self._on_change(worker)

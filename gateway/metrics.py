@@ -39,6 +39,7 @@ REASONS = (
     "upstream_disconnect",  # 502 (or a cut stream): the worker dropped the connection mid-request
     "upstream_5xx",  # the worker answered 5xx (passed through)
     "upstream_4xx",  # the worker answered 4xx (passed through; e.g. a bad API key)
+    "worker_stalled",  # 504 (or a cut stream): in flight on a worker taken out as hung
     "client_disconnect",  # the client went away before the response was complete
     "internal_error",  # 500: a bug in the gateway (logged with its traceback)
 )

@@ -36,6 +36,8 @@ class Worker:
         self.checked = False  # at least one health check has finished
         self.good_streak = 0
         self.bad_streak = 0
+        self.last_bytes = 0.0  # time.monotonic() of the last answer bytes from it (stall.py)
+        self.stalled = False  # taken out by the hung-engine canary until it answers again
 
     @property
     def ready(self) -> bool:
@@ -56,6 +58,7 @@ class Worker:
             "draining": self.draining,
             "ready": self.ready,
             "in_flight": self.in_flight,
+            "stalled": self.stalled,
         }
 
 

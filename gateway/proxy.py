@@ -209,8 +209,11 @@ class Api:
         held: Worker | None = worker
         upstream: aiohttp.ClientResponse | None = None
         response: web.StreamResponse | None = None
+        # A hung worker (gateway/stall.py) ends this request through its deadline.
+        watched = self.gw.stall.watch(ex, request.headers.get("Authorization"))
         try:
             async with asyncio.timeout(pool.request_timeout_s) as deadline:
+                watched.deadline = deadline
                 try:
                     held, upstream = await self._connect(request, body, pool, worker, ex)
                 except AdmissionError:
@@ -218,6 +221,9 @@ class Api:
                 if upstream is None:
                     return self._error(ex, 502, "upstream_connect", "No worker could be "
                                        "reached", "ServiceUnavailableError", retry_after=True)
+                assert held is not None
+                progress = held  # its last_bytes: the stall watch's sign of life
+                progress.last_bytes = time.monotonic()
                 ex.code = upstream.status
                 if upstream.status >= 500:
                     ex.reason = "upstream_5xx"
@@ -231,6 +237,7 @@ class Api:
                     # whole and written in one go. Streams (SSE: no Content-Length) and large
                     # bodies take the chunk-by-chunk path below.
                     data = await upstream.read()
+                    progress.last_bytes = time.monotonic()
                     upstream.release()
                     return web.Response(status=upstream.status, reason=upstream.reason,
                                         body=data, headers=headers)
@@ -241,6 +248,7 @@ class Api:
                 try:
                     await response.prepare(request)
                     async for chunk in upstream.content.iter_any():
+                        progress.last_bytes = time.monotonic()
                         await response.write(chunk)
                     await response.write_eof()
                 except ConnectionError:
@@ -254,6 +262,10 @@ class Api:
         except TimeoutError:
             if not deadline.expired():
                 raise
+            if watched.aborted:
+                return self._cut(request, ex, response, "worker_stalled", 504,
+                                 "The worker stopped making progress (no answer to a canary "
+                                 "request); it is out of rotation", retry_after=True)
             return self._cut(request, ex, response, "upstream_timeout", 504,
                              "The worker did not answer within request_timeout_s")
         except aiohttp.ClientError:
@@ -263,18 +275,21 @@ class Api:
             return self._cut(request, ex, response, "upstream_disconnect", 502,
                              "The worker closed the connection mid-request")
         finally:
+            self.gw.stall.unwatch(watched)
             if upstream is not None:
                 upstream.close()
             if held is not None:
                 pool.release(held)
 
     def _cut(self, request: web.Request, ex: Exchange, response: web.StreamResponse | None,
-             reason: str, status: int, message: str) -> web.StreamResponse:
+             reason: str, status: int, message: str,
+             retry_after: bool = False) -> web.StreamResponse:
         """An upstream failure: a clean error if nothing was sent yet, else a cut connection,
         so the client cannot take a truncated answer for a complete one."""
         if response is None or not response.prepared:
             return self._error(ex, status, reason, message,
-                               "GatewayTimeoutError" if status == 504 else "BadGatewayError")
+                               "GatewayTimeoutError" if status == 504 else "BadGatewayError",
+                               retry_after=retry_after)
         ex.reason = reason
         if request.transport is not None:
             request.transport.abort()

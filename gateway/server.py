@@ -16,6 +16,7 @@ from gateway.health import HealthChecker, mark_down
 from gateway.metrics import Metrics
 from gateway.pool import Pool, Worker
 from gateway.proxy import Api, Exchange
+from gateway.stall import StallWatch
 
 
 def upstream_connector(keepalive_s: float) -> aiohttp.TCPConnector:
@@ -37,7 +38,10 @@ class Gateway:
                                [(w.name, p.model) for p in config.pools for w in p.workers])
         self.pools = {p.model: Pool(p, on_change=self._queue_changed) for p in config.pools}
         self._by_name = {w.name: (pool, w) for pool in self.pools.values() for w in pool.workers}
-        self.health = HealthChecker(self.all_workers(), config.health, self._health_changed)
+        self.stall = StallWatch(self.all_workers(), config.health, self.log,
+                                self._health_changed)
+        self.health = HealthChecker(self.all_workers(), config.health, self._health_changed,
+                                    canary=self.stall.recovery_check)
         self.started_at = int(time.time())
         self.stopping = False  # SIGTERM: new requests get 503
         self.aborting = False  # the shutdown timeout ran out: in-flight requests are cut
@@ -75,6 +79,7 @@ class Gateway:
             await self._close()
             raise
         await self.health.start()
+        await self.stall.start()
         logs.event(self.log, "started", api=f"{self.api_address[0]}:{self.api_address[1]}",
                    metrics=f"{self.metrics_address[0]}:{self.metrics_address[1]}",
                    pools={p.model: [w.name for w in p.workers] for p in self.pools.values()})
@@ -111,6 +116,7 @@ class Gateway:
         return drained
 
     async def _close(self) -> None:
+        await self.stall.stop()
         await self.health.stop()
         for runner in reversed(self._runners):
             await runner.cleanup()
@@ -160,6 +166,7 @@ class Gateway:
             self._health_changed(worker)
 
     def _health_changed(self, worker: Worker) -> None:
+        self.stall.health_changed(worker)
         self.metrics.worker_up.labels(worker=worker.name, model=worker.model).set(
             1 if worker.ready else 0)
         logs.event(self.log, "worker_state", worker=worker.name, model=worker.model,

@@ -4,8 +4,12 @@ It is not vLLM. It answers ``/health``, ``/v1/models``, ``/v1/completions`` and
 ``/v1/chat/completions`` (plain JSON, or SSE with ``"stream": true``), after a configurable
 delay, and records what it received (paths, ``Authorization``), how many requests it has in
 flight, and how many were cancelled by a disconnecting client. Tests can hold requests (``hold``),
-fail them (``status``), make ``/health`` fail, or kill it abruptly (``kill``: connections reset,
-port closed, like kill -9). Like vLLM's server (uvicorn, ``VLLM_HTTP_TIMEOUT_KEEP_ALIVE``) it
+fail them (``status``), make ``/health`` fail, kill it abruptly (``kill``: connections reset,
+port closed, like kill -9), or freeze it (``freeze``: like a SIGSTOPped vLLM engine, ``/health``
+still answers 200 while no completion, a canary included, gets an answer until ``unfreeze``).
+Non-streamed answers can take ``token_delay_s`` per ``max_tokens`` (a long generation sends
+nothing until it ends), so a one-token canary answers at once beside them.
+Like vLLM's server (uvicorn, ``VLLM_HTTP_TIMEOUT_KEEP_ALIVE``) it
 closes a connection idle for ``keepalive_s``; it can answer with a ``Set-Cookie`` (``set_cookie``)
 and records the ``Cookie`` each request carried.
 
@@ -34,6 +38,8 @@ class Received:
     stream: bool
     content_types: list[str]
     cookie: str | None = None
+    request_id: str | None = None  # X-Request-Id: the gateway's canaries are gateway-canary-*
+    max_tokens: int | None = None
 
 
 @dataclass
@@ -42,6 +48,7 @@ class FakeWorker:
 
     model: str = "fake-model"
     delay_s: float = 0.0  # before the answer (and between SSE chunks)
+    token_delay_s: float = 0.0  # more before a plain answer, per max_tokens (a generation)
     chunks: int = 3  # SSE data chunks before [DONE]
     healthy: bool = True
     status: int = 200  # answer completions with this status
@@ -60,6 +67,7 @@ class FakeWorker:
         self._runner: web.AppRunner | None = None
         self._hold: asyncio.Event | None = None
         self._chunk_gate: asyncio.Event | None = None
+        self._thaw: asyncio.Event | None = None
         self._requests: dict[int, web.BaseRequest] = {}
 
     @property
@@ -103,6 +111,26 @@ class FakeWorker:
             self._hold.set()
             self._hold = None
 
+    def freeze(self) -> None:
+        """Like SIGSTOP of vLLM's engine process: /health still 200, completions (new ones and
+        those in flight, at their next step) are accepted and never answered until unfreeze()."""
+        if self._thaw is None:
+            self._thaw = asyncio.Event()
+
+    def unfreeze(self) -> None:
+        if self._thaw is not None:
+            self._thaw.set()
+            self._thaw = None
+
+    @property
+    def frozen(self) -> bool:
+        return self._thaw is not None
+
+    async def _progress(self) -> None:
+        """A step of the engine: waits while frozen."""
+        while self._thaw is not None:
+            await self._thaw.wait()
+
     def gate_chunks(self) -> asyncio.Event:
         """SSE answers send their first chunk, then wait for the returned event."""
         self._chunk_gate = asyncio.Event()
@@ -134,19 +162,25 @@ class FakeWorker:
         self.received.append(Received(request.path, body.get("model"),
                                       request.headers.get("Authorization"), stream,
                                       request.headers.getall("Content-Type", []),
-                                      request.headers.get("Cookie")))
+                                      request.headers.get("Cookie"),
+                                      request.headers.get("X-Request-Id"),
+                                      body.get("max_tokens")))
         self.in_flight += 1
         self.max_in_flight = max(self.max_in_flight, self.in_flight)
         self._requests[id(request)] = request
         try:
+            await self._progress()
             if self._hold is not None:
                 await self._hold.wait()
+            await self._progress()
             if self.status != 200:
                 return web.json_response({"error": {"message": "fake failure",
                                                     "code": self.status}}, status=self.status)
             if not stream:
-                if self.delay_s:
-                    await asyncio.sleep(self.delay_s)
+                wait_s = self.delay_s + self.token_delay_s * int(body.get("max_tokens") or 1)
+                if wait_s:
+                    await asyncio.sleep(wait_s)
+                await self._progress()
                 self.completed += 1
                 answer = web.json_response({
                     "id": "cmpl-fake", "object": "text_completion", "model": self.model,
@@ -163,6 +197,7 @@ class FakeWorker:
                     await self._chunk_gate.wait()
                 elif self.delay_s:
                     await asyncio.sleep(self.delay_s)
+                await self._progress()
                 data = {"id": "cmpl-fake", "choices": [{"index": 0, "text": f"t{i}"}]}
                 await response.write(f"data: {json.dumps(data)}\n\n".encode())
             await response.write(b"data: [DONE]\n\n")

@@ -96,6 +96,18 @@ CASES: list[tuple[str, dict[str, Any], str | None]] = [
     ("health timeout above the interval", {"gateway_health_timeout_s": 10},
      "gateway_health_timeout_s=10"),
     ("health rise 0", {"gateway_health_rise": 0}, "gateway_health_rise=0"),
+    ("a short stall time and canary timeout (the lab's)",
+     {"gateway_health_stall_s": 5, "gateway_health_canary_timeout_s": 5}, None),
+    ("stall time 0", {"gateway_health_stall_s": 0},
+     "gateway_health_stall_s=0, gateway_health_canary_timeout_s=60 on localhost: both are"
+     " seconds above 0"),
+    ("negative canary timeout", {"gateway_health_canary_timeout_s": -1},
+     "gateway_health_stall_s=120, gateway_health_canary_timeout_s=-1 on localhost: both are"
+     " seconds above 0"),
+    ("canary timeout above the stall time",
+     {"gateway_health_stall_s": 10, "gateway_health_canary_timeout_s": 15},
+     "gateway_health_stall_s=10, gateway_health_canary_timeout_s=15 on localhost: both are"
+     " seconds above 0, and the canary timeout no longer than the stall time"),
     ("API port is the metrics port", {"gateway_api_port": 8080},
      "gateway_api_port=8080, gateway_metrics_port=8080"),
     ("metrics port 70000", {"gateway_metrics_port": 70000}, "gateway_metrics_port=70000"),
@@ -188,6 +200,7 @@ def test_config_has_a_pool_per_model_with_resolved_capacities(tmp_path: Path) ->
     # The shortest worker keep-alive (g1/b's 3 s) minus the 1 s margin.
     assert config["upstream_keepalive_s"] == 2.0
     assert (pools["llama"]["queue_size"], pools["org/qwen"]["queue_size"]) == (100, 7)
+    assert (config["health"]["stall_s"], config["health"]["canary_timeout_s"]) == (120.0, 60.0)
     check = subprocess.run(
         [str(Path(sys.executable).parent / "vllm-gateway"), "--check-config", str(dest)],
         capture_output=True, text=True, check=False)
