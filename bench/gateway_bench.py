@@ -273,7 +273,7 @@ def serve_round_robin(config: str) -> int:
     from gateway import cli
     from gateway.pool import Pool, Worker
 
-    def pick(self: Pool) -> Worker | None:
+    def pick(self: Pool, key: str | None = None) -> Worker | None:
         n = len(self.workers)
         for i in range(n):
             worker = self.workers[(self._next + i) % n]
