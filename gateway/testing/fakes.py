@@ -34,6 +34,7 @@ class Received:
     stream: bool
     content_types: list[str]
     cookie: str | None = None
+    prompt: Any = None  # the body's "prompt" (or "messages"), as sent
 
 
 @dataclass
@@ -134,7 +135,8 @@ class FakeWorker:
         self.received.append(Received(request.path, body.get("model"),
                                       request.headers.get("Authorization"), stream,
                                       request.headers.getall("Content-Type", []),
-                                      request.headers.get("Cookie")))
+                                      request.headers.get("Cookie"),
+                                      body.get("prompt", body.get("messages"))))
         self.in_flight += 1
         self.max_in_flight = max(self.max_in_flight, self.in_flight)
         self._requests[id(request)] = request
