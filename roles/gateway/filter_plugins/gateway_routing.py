@@ -43,6 +43,10 @@ def _settings(data: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _prefixed(where: str) -> Callable[[str], str]:
+    return lambda key: f"{where}.{key}"
+
+
 def gateway_routing_problems(fleet: Mapping[str, Any], per_model: Any,
                              models: Sequence[str]) -> list[str]:
     """Every bad routing option: the fleet-wide gateway_routing_* and each
@@ -63,7 +67,7 @@ def gateway_routing_problems(fleet: Mapping[str, Any], per_model: Any,
         elif not isinstance(options, Mapping):
             error(where, f"must be a mapping of {', '.join(KEYS)}, got {options!r}")
         else:
-            check_routing(_settings(options), lambda key, w=where: f"{w}.{key}", error)
+            check_routing(_settings(options), _prefixed(where), error)
     return problems
 
 
