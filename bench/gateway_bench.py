@@ -323,7 +323,7 @@ def routing_cost(seconds: float, tmp: Path) -> list[Measure]:
 
 
 def pick_micro(calls: int = 20000) -> list[dict[str, Any]]:
-    """Affinity.pick() (blake2b of a 2,048-character key, the ring, the bound) and
+    """Affinity.pick() (blake2b of the key, the ring, the bound) and
     request_key() (a chat body already parsed) alone, in microseconds per call."""
     from gateway.config import WorkerConfig
     from gateway.pool import Worker

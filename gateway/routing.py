@@ -31,7 +31,10 @@ from typing import Any, Protocol
 MODES = ("least_outstanding", "prefix_affinity")
 VNODES = 128  # virtual nodes per worker (the test: 1,000 keys over 4 workers, 21-32 % each)
 DEFAULT_LOAD_FACTOR = 1.25
-DEFAULT_PREFIX_CHARS = 2048
+# Shorter than the distinct part of a conversation's first turn, so that the key stays the same
+# as the conversation grows (a key longer than the whole prompt changes with every turn).
+# KubeAI's default is 100 (substratusai/kubeai, model_types.go: PrefixHash.PrefixCharLength).
+DEFAULT_PREFIX_CHARS = 256
 # RFC 9110 section 5.1: a field name is a token.
 HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 CHAT_PATH = "/v1/chat/completions"

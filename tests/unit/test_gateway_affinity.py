@@ -187,6 +187,33 @@ def test_a_drained_or_down_worker_s_keys_move_and_come_back() -> None:
     run(scenario, timeout_s=60)
 
 
+def test_a_growing_conversation_keeps_its_worker() -> None:
+    """Six turns of 12 conversations, each past the skipped system prompt longer than
+    prefix_chars from its first turn (the default 256): every turn of a conversation goes to
+    its first turn's worker, which holds its prefix in cache."""
+    async def scenario() -> None:
+        ws = await fakes(3)
+        skip = len("system") + 2 + len(SYSTEM)
+        cfg = pool_config(ws, routing={**AFFINITY, "prefix_skip_chars": skip})
+        async with gateway(cfg) as gw, aiohttp.ClientSession() as s:
+            homes = []
+            for c in range(12):
+                messages = [{"role": "system", "content": SYSTEM},
+                            {"role": "user", "content": f"Conversation {c}: " + "context " * 40}]
+                turns = []
+                for turn in range(6):
+                    turns.append(await route(s, gw, ws, "/v1/chat/completions",
+                                             messages=messages))
+                    messages = [*messages, {"role": "assistant", "content": f"answer {turn}"},
+                                {"role": "user", "content": f"question {turn}"}]
+                assert len(set(turns)) == 1, (c, turns)
+                homes.append(turns[0])
+            assert len(set(homes)) > 1, homes
+        await stop(ws)
+
+    run(scenario)
+
+
 def test_the_session_header_wins_over_the_prompt() -> None:
     async def scenario() -> None:
         ws = await fakes(3)
@@ -367,7 +394,7 @@ def test_config_refuses_bad_routing_naming_the_option(routing: Any, message: str
 def test_config_defaults_and_check_config_lists_every_refusal(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     pool = parse(_pools(None)).pools[0]
-    assert pool.routing == RoutingConfig("least_outstanding", 1.25, 2048, 0, None)
+    assert pool.routing == RoutingConfig("least_outstanding", 1.25, 256, 0, None)
     good = parse(_pools({"mode": "prefix_affinity", "load_factor": 2, "prefix_chars": 512,
                          "prefix_skip_chars": 300, "session_header": "X-Session-Id"}))
     assert good.pools[0].routing == RoutingConfig("prefix_affinity", 2.0, 512, 300,

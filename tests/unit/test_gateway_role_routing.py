@@ -66,10 +66,10 @@ def test_each_pool_gets_the_fleet_routing_with_its_own_over_it(tmp_path: Path) -
     assert proc.returncode == 0, proc.stdout + proc.stderr
     pools = {p["model"]: p for p in yaml.safe_load(dest.read_text())["pools"]}
     assert pools["llama"]["routing"] == {
-        "mode": "prefix_affinity", "load_factor": 1.5, "prefix_chars": 2048,
+        "mode": "prefix_affinity", "load_factor": 1.5, "prefix_chars": 256,
         "prefix_skip_chars": 900, "session_header": "X-Session-Id"}
     assert pools["org/qwen"]["routing"] == {
-        "mode": "least_outstanding", "load_factor": 1.5, "prefix_chars": 2048,
+        "mode": "least_outstanding", "load_factor": 1.5, "prefix_chars": 256,
         "prefix_skip_chars": 0, "session_header": None}
     check = subprocess.run(
         [str(Path(sys.executable).parent / "vllm-gateway"), "--check-config", str(dest)],
