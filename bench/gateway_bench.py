@@ -26,6 +26,13 @@ moment falls on all of them alike.
 3. Least outstanding vs round robin: two fake workers, one 20x slower (5 ms and 100 ms), at
    concurrency 8; p50, p95 and requests per second. Round robin is the same gateway with its
    pick replaced (``--serve-round-robin``, a bench-only entry point), not a product option.
+4. Routing cost: the gateway's CPU per request with ``routing.mode`` least_outstanding and
+   prefix_affinity (gateway/routing.py), two processes in front of the same fake backend (a
+   pool of ROUTING_WORKERS workers, all that one fake), taking turns; the requests are chat
+   completions of ROUTING_SESSIONS sessions, each a shared system prompt and a growing
+   conversation (about 3 KiB of JSON), the same bodies for both. The goal (issue #27): the
+   rise at most ROUTING_GOAL_US. Then ``Affinity.pick()`` and ``request_key()`` alone, in
+   microseconds per call (``--routing-only`` runs this section alone).
 
 The figures are for comparing the rows of one run on one machine; the load generator shares
 the CPUs with what it measures. Nothing is asserted about them.
@@ -64,6 +71,9 @@ FAST_MS, SLOW_MS, BALANCE_CONCURRENCY = 5, 100, 8  # the two unequal workers
 SLICES = 4  # each measurement is taken in this many interleaved turns
 PACED_MS, PACED_CONCURRENCY = 200, (64, 256)  # section 2
 NO_LOG = "gateway no-log"  # the same with --log-level warning: no per-request access log
+ROUTING_WORKERS, ROUTING_SESSIONS, ROUTING_CONCURRENCY = 4, 64, 64  # section 4
+ROUTING_GOAL_US = 20.0  # issue #27: prefix_affinity's CPU per request rises at most this
+ROUTING_MODES = ("least_outstanding", "prefix_affinity")
 
 
 @dataclass
@@ -128,12 +138,13 @@ def fake_worker(port: int, delay_ms: float, tmp: Path) -> Any:
 
 
 def gateway(workers: list[int], capacity: int, tmp: Path, round_robin: bool = False,
-            log_level: str = "info") -> Any:
+            log_level: str = "info", routing: dict[str, Any] | None = None) -> Any:
     api, metrics = free_port(), free_port()
     cfg = {
         "api": {"host": "127.0.0.1", "port": api},
         "metrics": {"host": "127.0.0.1", "port": metrics},
-        "pools": [{"model": "bench", "queue_size": 10000, "workers": [
+        "pools": [{"model": "bench", "queue_size": 10000, "routing": routing or {},
+                   "workers": [
             {"name": f"w{i}", "url": f"http://127.0.0.1:{port}", "capacity": capacity}
             for i, port in enumerate(workers)]}],
         "health": {"interval_s": 5, "timeout_s": 1, "rise": 1, "fall": 3},
@@ -186,19 +197,24 @@ class Samples:
 
 
 async def load(port: int, concurrency: int, seconds: float, pid: int | None,
-               into: Samples) -> None:
-    """A closed loop of ``concurrency`` clients for ``seconds`` (after a short warm-up)."""
-    url = f"http://127.0.0.1:{port}/v1/completions"
+               into: Samples, bodies: tuple[bytes, ...] = (BODY,),
+               path: str = "/v1/completions") -> None:
+    """A closed loop of ``concurrency`` clients for ``seconds`` (after a short warm-up); each
+    client sends ``bodies`` in turn, starting at its own offset."""
+    url = f"http://127.0.0.1:{port}{path}"
     headers = {"Content-Type": "application/json"}
     loop = asyncio.get_running_loop()
     connector = aiohttp.TCPConnector(limit=concurrency)
     async with aiohttp.ClientSession(connector=connector) as session:
 
-        async def one(until: float, record: bool) -> None:
+        async def one(until: float, record: bool, offset: int = 0) -> None:
+            turn = offset
             while loop.time() < until:
+                body = bodies[turn % len(bodies)]
+                turn += 1
                 started = time.perf_counter()
                 try:
-                    async with session.post(url, data=BODY, headers=headers) as response:
+                    async with session.post(url, data=body, headers=headers) as response:
                         await response.read()
                         ok = response.status == 200
                 except aiohttp.ClientError:
@@ -212,19 +228,21 @@ async def load(port: int, concurrency: int, seconds: float, pid: int | None,
         began = time.perf_counter()
         cpu_before = cpu_seconds(pid) if pid else 0.0
         until = loop.time() + seconds
-        await asyncio.gather(*(one(until, True) for _ in range(concurrency)))
+        await asyncio.gather(*(one(until, True, i * 7) for i in range(concurrency)))
         into.elapsed_s += time.perf_counter() - began
         into.cpu_s += cpu_seconds(pid) - cpu_before if pid else 0.0
 
 
 def interleaved(targets: list[tuple[str, int, int]], concurrency: int,
-                seconds: float) -> list[Measure]:
+                seconds: float, bodies: tuple[bytes, ...] = (BODY,),
+                path: str = "/v1/completions") -> list[Measure]:
     """Each target gets ``seconds`` in all, in SLICES turns taken in rotation, so a change in
     the machine's load during the run falls on every target alike."""
     samples = {name: Samples([]) for name, _, _ in targets}
     for _ in range(SLICES):
         for name, port, pid in targets:
-            asyncio.run(load(port, concurrency, seconds / SLICES, pid, samples[name]))
+            asyncio.run(load(port, concurrency, seconds / SLICES, pid, samples[name], bodies,
+                             path))
     return [samples[name].measure(name, concurrency, True) for name, _, _ in targets]
 
 
@@ -268,12 +286,101 @@ def balance(seconds: float, tmp: Path) -> list[Measure]:
     return rows
 
 
+def chat_bodies() -> tuple[bytes, ...]:
+    """ROUTING_SESSIONS conversations of 1 to 6 turns behind one shared system prompt."""
+    system = "You are the fleet's assistant. Answer briefly and cite the runbook. " * 15
+    bodies = []
+    for session in range(ROUTING_SESSIONS):
+        messages = [{"role": "system", "content": system}]
+        for turn in range(6):
+            messages.append({"role": "user", "content": f"Session {session}, question {turn}: "
+                             "why did the canary mark the worker down? " * 4})
+            bodies.append(json.dumps({"model": "bench", "messages": messages,
+                                      "max_tokens": 1}).encode())
+            messages = [*messages, {"role": "assistant", "content": "Because it stalled. " * 8}]
+    return tuple(bodies)
+
+
+def routing_settings(mode: str) -> dict[str, Any]:
+    # Skip the shared system prompt ("system" + separators + its text), as an operator would.
+    skip = len("system") + 2 + len(json.loads(chat_bodies()[0])["messages"][0]["content"])
+    return {"mode": mode, "prefix_skip_chars": skip, "session_header": "X-Session-Id"}
+
+
+def routing_cost(seconds: float, tmp: Path) -> list[Measure]:
+    """CPU per request of the same gateway in each routing mode, on the same chat bodies."""
+    backend = free_port()
+    bodies = chat_bodies()
+    with fake_worker(backend, 0, tmp):
+        lo_api, lo = gateway([backend] * ROUTING_WORKERS, 1024, tmp,
+                             routing=routing_settings(ROUTING_MODES[0]))
+        pa_api, pa = gateway([backend] * ROUTING_WORKERS, 1024, tmp,
+                             routing=routing_settings(ROUTING_MODES[1]))
+        with lo as lo_proc, pa as pa_proc:
+            return interleaved([(ROUTING_MODES[0], lo_api, lo_proc.pid),
+                                (ROUTING_MODES[1], pa_api, pa_proc.pid)],
+                               ROUTING_CONCURRENCY, seconds, bodies, "/v1/chat/completions")
+
+
+def pick_micro(calls: int = 20000) -> list[dict[str, Any]]:
+    """Affinity.pick() (blake2b of the key, the ring, the bound) and
+    request_key() (a chat body already parsed) alone, in microseconds per call."""
+    from gateway.config import WorkerConfig
+    from gateway.pool import Worker
+    from gateway.routing import CHAT_PATH, Affinity, RoutingConfig, request_key
+
+    config = RoutingConfig(**routing_settings("prefix_affinity"))
+    parsed = [json.loads(b) for b in chat_bodies()]
+    keys = [k for k in (request_key(config, {}, CHAT_PATH, b) for b in parsed) if k]
+    rows = []
+    for n in (4, 8, 64):
+        names = [f"gpu{i}/main" for i in range(n)]
+        workers = [Worker(WorkerConfig(name, "http://127.0.0.1:1", 64), "bench")
+                   for name in names]
+        for i, w in enumerate(workers):
+            w.healthy, w.in_flight = True, i % 5
+        affinity = Affinity(config, names)
+        started = time.perf_counter()
+        for i in range(calls):
+            affinity.pick(keys[i % len(keys)], workers)
+        rows.append({"what": f"pick(), {n} workers", "us_per_call":
+                     (time.perf_counter() - started) / calls * 1e6})
+    started = time.perf_counter()
+    for i in range(calls):
+        request_key(config, {}, CHAT_PATH, parsed[i % len(parsed)])
+    rows.append({"what": "request_key(), chat body", "us_per_call":
+                 (time.perf_counter() - started) / calls * 1e6})
+    return rows
+
+
+def routing_report(measures: list[Measure], micro: list[dict[str, Any]]) -> dict[str, Any]:
+    by = {m.target: m for m in measures}
+    lo, pa = by[ROUTING_MODES[0]], by[ROUTING_MODES[1]]
+    assert lo.cpu_us_per_request is not None and pa.cpu_us_per_request is not None
+    rise = pa.cpu_us_per_request - lo.cpu_us_per_request
+    return {"measures": [asdict(m) for m in measures], "rise_cpu_us": rise,
+            "goal_us": ROUTING_GOAL_US, "met": rise <= ROUTING_GOAL_US, "micro": micro}
+
+
+def routing_table(routing: dict[str, Any]) -> list[str]:
+    lines = [f"Routing cost: {ROUTING_WORKERS} workers (one fake), {ROUTING_SESSIONS} chat "
+             f"sessions, concurrency {ROUTING_CONCURRENCY}, the two modes taking turns",
+             f"{'mode':<20}{'rps':>9}{'p50 ms':>9}{'p99 ms':>9}{'cpu us/req':>11}{'errors':>7}"]
+    for m in routing["measures"]:
+        lines.append(f"{m['target']:<20}{m['rps']:>9.0f}{m['p50_ms']:>9.2f}{m['p99_ms']:>9.2f}"
+                     f"{m['cpu_us_per_request']:>11.0f}{m['errors']:>7}")
+    lines.append(f"goal: prefix_affinity's CPU per request rises <= {routing['goal_us']:g} us: "
+                 f"{routing['rise_cpu_us']:+.1f} us, {'met' if routing['met'] else 'NOT met'}")
+    lines += [f"{r['what']:<28}{r['us_per_call']:>8.2f} us per call" for r in routing["micro"]]
+    return lines
+
+
 def serve_round_robin(config: str) -> int:
     """The gateway with round robin in place of least outstanding (this benchmark only)."""
     from gateway import cli
     from gateway.pool import Pool, Worker
 
-    def pick(self: Pool) -> Worker | None:
+    def pick(self: Pool, key: str | None = None) -> Worker | None:
         n = len(self.workers)
         for i in range(n):
             worker = self.workers[(self._next + i) % n]
@@ -304,7 +411,7 @@ def added_rows(rows: list[Measure], concurrencies: tuple[int, ...]) -> list[dict
 
 
 def report(rows: list[Measure], paced: list[Measure], lor: list[Measure],
-           note: str | None) -> dict[str, Any]:
+           note: str | None, routing: dict[str, Any]) -> dict[str, Any]:
     by = {(m.target, m.concurrency): m for m in rows}
     added = added_rows(rows, CONCURRENCY)
     paced_added = added_rows(paced, PACED_CONCURRENCY)
@@ -323,6 +430,7 @@ def report(rows: list[Measure], paced: list[Measure], lor: list[Measure],
                   "added": paced_added},
         "gateway_to_haproxy_added_p50_ratio": ratios,
         "balance": [asdict(m) for m in lor],
+        "routing": routing,
         "goal": {"p50_added_ms_at_64": GOAL_P50_ADDED_MS,
                  "measured_ms": g64["added_p50_ms"],
                  "met": g64["added_p50_ms"] <= GOAL_P50_ADDED_MS,
@@ -370,22 +478,30 @@ def table(result: dict[str, Any]) -> str:
     for m in result["balance"]:
         lines.append(f"{m['target']:<20}{m['rps']:>9.0f}{m['p50_ms']:>9.2f}"
                      f"{m['p95_ms']:>9.2f}{m['p99_ms']:>9.2f}{m['errors']:>7}")
-    return "\n".join(lines)
+    return "\n".join([*lines, "", *routing_table(result["routing"])])
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     p.add_argument("--seconds", type=float, default=3.0, help="per measurement (default 3)")
     p.add_argument("--json", action="store_true", help="print JSON (the table to stderr)")
+    p.add_argument("--routing-only", action="store_true",
+                   help="only section 4: the CPU cost of prefix_affinity, and pick() alone")
     p.add_argument("--serve-round-robin", metavar="CONFIG", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.serve_round_robin:
         return serve_round_robin(args.serve_round_robin)
     with tempfile.TemporaryDirectory(prefix="bench-gateway-") as tmp:
+        # Twice the time of the other sections: the rise sought is ~1 % of the CPU measured.
+        routing = routing_report(routing_cost(2 * args.seconds, Path(tmp)), pick_micro())
+        if args.routing_only:
+            print(json.dumps(routing, indent=2) if args.json else "\n".join(
+                routing_table(routing)))
+            return 0
         rows, note = added_latency(args.seconds, Path(tmp))
         paced, _ = added_latency(args.seconds, Path(tmp), PACED_MS, PACED_CONCURRENCY)
         lor = balance(args.seconds, Path(tmp))
-    result = report(rows, paced, lor, note)
+    result = report(rows, paced, lor, note, routing)
     if args.json:
         print(table(result), file=sys.stderr)
         print(json.dumps(result, indent=2))

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 import yaml
+
+from gateway.routing import RoutingConfig, check_routing
 
 DEFAULT_API_PORT = 8000
 DEFAULT_METRICS_PORT = 8080
@@ -85,6 +87,7 @@ class PoolConfig:
     queue_size: int = 100
     queue_timeout_s: float = 30.0
     request_timeout_s: float = 600.0
+    routing: RoutingConfig = field(default_factory=RoutingConfig)  # gateway/routing.py
 
 
 @dataclass(frozen=True)
@@ -205,7 +208,7 @@ def _pools(check: _Checker, value: Any) -> tuple[PoolConfig, ...]:
         where = f"pools[{i}]"
         data = check.mapping(raw, where)
         check.unknown(data, {"model", "workers", "queue_size", "queue_timeout_s",
-                             "request_timeout_s"}, where)
+                             "request_timeout_s", "routing"}, where)
         model = check.string(data, "model", f"{where}.model")
         if model and model in models:
             check.error(f"{where}.model", f"duplicate served model name {model!r} "
@@ -238,9 +241,17 @@ def _pools(check: _Checker, value: Any) -> tuple[PoolConfig, ...]:
             keepalive = check.seconds(wdata, "keepalive_s", f"{wwhere}.keepalive_s",
                                       DEFAULT_WORKER_KEEPALIVE_S, allow_zero=True)
             workers.append(WorkerConfig(name, url, capacity, keepalive))
+        routing = _routing(check, data.get("routing"), f"{where}.routing")
         pools.append(PoolConfig(model, tuple(workers), queue_size, queue_timeout,
-                                request_timeout))
+                                request_timeout, routing))
     return tuple(pools)
+
+
+def _routing(check: _Checker, value: Any, where: str) -> RoutingConfig:
+    """A pool's ``routing`` mapping (gateway/routing.py), each bad option named
+    ``pools[0].routing.<option>``."""
+    return check_routing(check.mapping(value, where), lambda key: f"{where}.{key}",
+                         check.error)
 
 
 def _check_upstream_keepalive(check: _Checker, idle_s: float,

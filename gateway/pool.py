@@ -2,16 +2,21 @@
 
 A pool serves one model. A request takes a *slot* on a worker (at most ``capacity`` slots per
 worker) before it is sent; when no slot is free it waits in the pool's FIFO queue, which holds
-at most ``queue_size`` requests and for at most ``queue_timeout_s``.
+at most ``queue_size`` requests and for at most ``queue_timeout_s``. In ``prefix_affinity`` mode
+(gateway/routing.py) a request with a key takes the worker its key picks within the load
+bound, else the least loaded one; a waiter keeps its key, and the queue its order.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
 
 from gateway.config import PoolConfig, WorkerConfig
+from gateway.routing import Affinity, request_key
 
 
 class AdmissionError(Exception):
@@ -62,6 +67,14 @@ class Worker:
         }
 
 
+@dataclass(eq=False)
+class _Waiter:
+    """A queued request: the slot it waits for, and its affinity key (None: least loaded)."""
+
+    future: asyncio.Future[Worker]
+    key: str | None
+
+
 class Pool:
     """The workers of one served model and their admission queue."""
 
@@ -72,7 +85,10 @@ class Pool:
         self.queue_timeout_s = config.queue_timeout_s
         self.request_timeout_s = config.request_timeout_s
         self.workers = [Worker(w, config.model) for w in config.workers]
-        self._waiters: deque[asyncio.Future[Worker]] = deque()
+        self.routing = config.routing
+        self._affinity = (Affinity(config.routing, [w.name for w in self.workers])
+                          if config.routing.mode == "prefix_affinity" else None)
+        self._waiters: deque[_Waiter] = deque()
         self._next = 0  # where the tie-break between equally loaded workers starts
         self._on_change = on_change  # queue depth or worker readiness changed
 
@@ -83,8 +99,21 @@ class Pool:
     def has_ready(self) -> bool:
         return any(w.ready for w in self.workers)
 
-    def _pick(self) -> Worker | None:
-        """The free worker with the fewest requests in flight; ties rotate."""
+    def key(self, headers: Mapping[str, str], path: str, body: Mapping[str, Any]) -> str | None:
+        """The request's affinity key; None in least_outstanding mode (nothing computed)."""
+        if self._affinity is None:
+            return None
+        return request_key(self.routing, headers, path, body)
+
+    def _pick(self, key: str | None = None) -> Worker | None:
+        """The worker ``key`` picks on the ring within the load bound (prefix_affinity), else
+        the free worker with the fewest requests in flight; ties rotate."""
+        if key is not None and self._affinity is not None:
+            index = self._affinity.pick(key, self.workers)
+            if index is not None:
+                worker = self.workers[index]
+                worker.in_flight += 1
+                return worker
         best: Worker | None = None
         n = len(self.workers)
         for i in range(n):
@@ -98,34 +127,37 @@ class Pool:
             best.in_flight += 1
         return best
 
-    async def acquire(self, timeout_s: float, *, front: bool = False) -> Worker:
+    async def acquire(self, timeout_s: float, *, front: bool = False,
+                      key: str | None = None) -> Worker:
         """A slot on a worker, waiting in the FIFO queue if none is free.
 
         ``front``: a retry after a connect failure goes to the head of the queue, since it
-        already waited its turn. Raises AdmissionError (queue_full, queue_timeout, no_worker).
+        already waited its turn. ``key``: the request's affinity key (Pool.key). Raises
+        AdmissionError (queue_full, queue_timeout, no_worker).
         """
         if not self.has_ready():
             raise AdmissionError("no_worker")
         if front or not self._waiters:
-            worker = self._pick()
+            worker = self._pick(key)
             if worker is not None:
                 return worker
         if not front and len(self._waiters) >= self.queue_size:
             raise AdmissionError("queue_full")
-        waiter: asyncio.Future[Worker] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[Worker] = asyncio.get_running_loop().create_future()
+        waiter = _Waiter(future, key)
         if front:
             self._waiters.appendleft(waiter)
         else:
             self._waiters.append(waiter)
         self._on_change(self)
         try:
-            return await asyncio.wait_for(waiter, timeout_s)
+            return await asyncio.wait_for(future, timeout_s)
         except TimeoutError:
             raise AdmissionError("queue_timeout") from None
         except asyncio.CancelledError:
             # The client went away; a slot handed over at the same moment goes back.
-            if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
-                self.release(waiter.result())
+            if future.done() and not future.cancelled() and future.exception() is None:
+                self.release(future.result())
             raise
         finally:
             if waiter in self._waiters:
@@ -142,19 +174,20 @@ class Pool:
         changed = False
         if not self.has_ready():
             while self._waiters:
-                waiter = self._waiters.popleft()
-                if not waiter.done():
-                    waiter.set_exception(AdmissionError("no_worker"))
+                future = self._waiters.popleft().future
+                if not future.done():
+                    future.set_exception(AdmissionError("no_worker"))
                 changed = True
         while self._waiters:
-            if self._waiters[0].done():
+            head = self._waiters[0]
+            if head.future.done():
                 self._waiters.popleft()
                 changed = True
                 continue
-            worker = self._pick()
+            worker = self._pick(head.key)
             if worker is None:
                 break
-            self._waiters.popleft().set_result(worker)
+            self._waiters.popleft().future.set_result(worker)
             changed = True
         if changed:
             self._on_change(self)

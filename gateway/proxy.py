@@ -135,7 +135,8 @@ class Api:
             return self._error(ex, 413, "bad_request", "The request body is too large",
                                "BadRequestError")
         try:
-            model = json.loads(body).get("model")
+            parsed = json.loads(body)
+            model = parsed.get("model")
         except (ValueError, AttributeError):
             model = None
         if not isinstance(model, str):
@@ -146,8 +147,10 @@ class Api:
             return self._error(ex, 404, "unknown_model", f"The model `{model}` does not "
                                "exist.", "NotFoundError", param="model")
         ex.model = model
+        # prefix_affinity pools: the key from the body parsed above (gateway/routing.py).
+        key = pool.key(request.headers, request.path, parsed)
         try:
-            worker = await pool.acquire(pool.queue_timeout_s)
+            worker = await pool.acquire(pool.queue_timeout_s, key=key)
         except AdmissionError as exc:
             messages = {"queue_full": "The gateway's queue is full",
                         "queue_timeout": "No worker slot became free in time",
@@ -159,7 +162,7 @@ class Api:
         ex.dispatched = True
         ex.queue_wait_s = time.monotonic() - ex.started
         self.gw.metrics.dispatched(model, ex.queue_wait_s)
-        return await self._forward(request, body, pool, worker, ex)
+        return await self._forward(request, body, pool, worker, ex, key)
 
     def _upstream_headers(self, request: web.Request, ex: Exchange) -> CIMultiDict[str]:
         # Case-insensitive, like HTTP: a client's "content-type" is not sent twice.
@@ -175,7 +178,8 @@ class Api:
         return headers
 
     async def _connect(self, request: web.Request, body: bytes, pool: Pool, worker: Worker,
-                       ex: Exchange) -> tuple[Worker, aiohttp.ClientResponse | None]:
+                       ex: Exchange, key: str | None,
+                       ) -> tuple[Worker, aiohttp.ClientResponse | None]:
         """Sends the request; on a connect failure (no byte sent) retries on another worker.
 
         Returns the worker holding the slot and its response (None after ``ex`` got an error).
@@ -196,7 +200,7 @@ class Api:
                 pool.release(worker)
                 remaining = pool.queue_timeout_s - (time.monotonic() - ex.started)
                 try:
-                    worker = await pool.acquire(max(remaining, 0.001), front=True)
+                    worker = await pool.acquire(max(remaining, 0.001), front=True, key=key)
                 except AdmissionError:
                     # The slot was already given back: hand the caller a worker-less result.
                     ex.code, ex.reason = 502, "upstream_connect"
@@ -205,7 +209,7 @@ class Api:
         return worker, None
 
     async def _forward(self, request: web.Request, body: bytes, pool: Pool, worker: Worker,
-                       ex: Exchange) -> web.StreamResponse:
+                       ex: Exchange, key: str | None = None) -> web.StreamResponse:
         held: Worker | None = worker
         upstream: aiohttp.ClientResponse | None = None
         response: web.StreamResponse | None = None
@@ -215,7 +219,7 @@ class Api:
             async with asyncio.timeout(pool.request_timeout_s) as deadline:
                 watched.deadline = deadline
                 try:
-                    held, upstream = await self._connect(request, body, pool, worker, ex)
+                    held, upstream = await self._connect(request, body, pool, worker, ex, key)
                 except AdmissionError:
                     held = None
                 if upstream is None:

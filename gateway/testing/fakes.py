@@ -40,6 +40,7 @@ class Received:
     cookie: str | None = None
     request_id: str | None = None  # X-Request-Id: the gateway's canaries are gateway-canary-*
     max_tokens: int | None = None
+    prompt: Any = None  # the body's "prompt" (or "messages"), as sent
 
 
 @dataclass
@@ -164,7 +165,8 @@ class FakeWorker:
                                       request.headers.getall("Content-Type", []),
                                       request.headers.get("Cookie"),
                                       request.headers.get("X-Request-Id"),
-                                      body.get("max_tokens")))
+                                      body.get("max_tokens"),
+                                      body.get("prompt", body.get("messages"))))
         self.in_flight += 1
         self.max_in_flight = max(self.max_in_flight, self.in_flight)
         self._requests[id(request)] = request

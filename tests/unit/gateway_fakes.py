@@ -29,7 +29,7 @@ def config(pools: dict[str, list[tuple[str, str, int]]], worker_keys: dict[str, 
            **overrides: Any) -> Config:
     """pools: model -> [(worker name, url, capacity)]; worker_keys: more keys of every worker;
     overrides: top-level or pool keys."""
-    pool_keys = {"queue_size", "queue_timeout_s", "request_timeout_s"}
+    pool_keys = {"queue_size", "queue_timeout_s", "request_timeout_s", "routing"}
     data: dict[str, Any] = {
         "api": {"host": "127.0.0.1", "port": 0},
         "metrics": {"host": "127.0.0.1", "port": 0},
