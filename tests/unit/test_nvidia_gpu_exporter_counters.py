@@ -51,7 +51,7 @@ def test_the_role_exports_the_package_defaults_and_the_fault_fields() -> None:
         "DCGM_FI_DEV_ECC_DBE_VOL_TOTAL",
         "DCGM_FI_DEV_THERMAL_VIOLATION",
     }
-    assert PACKAGE_DEFAULTS <= set(fields)
+    assert set(fields) >= PACKAGE_DEFAULTS
     assert fields["DCGM_FI_DEV_ECC_DBE_VOL_TOTAL"] == "counter"
     assert fields["DCGM_FI_DEV_THERMAL_VIOLATION"] == "counter"
     assert fields["DCGM_FI_DEV_XID_ERRORS"] == "gauge"
@@ -82,4 +82,5 @@ def test_the_default_collectors_path_is_the_file_the_role_writes() -> None:
     path = internal["__nvidia_gpu_exporter_counters_file"]
     assert defaults["nvidia_gpu_exporter_collectors"] == option["default"] == path
     configure = (ROLE / "tasks" / "configure.yml").read_text()
-    assert "when: nvidia_gpu_exporter_collectors == __nvidia_gpu_exporter_counters_file" in configure
+    condition = "when: nvidia_gpu_exporter_collectors == __nvidia_gpu_exporter_counters_file"
+    assert condition in configure
