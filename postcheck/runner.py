@@ -43,6 +43,7 @@ from postcheck.load import (
     SocketBudget,
     load_instance,
 )
+from postcheck.prefix_cache import check_prefix_cache
 from postcheck.prometheus import Probe, Prometheus, poll, poll_probes
 from postcheck.queuewatch import PrometheusQueueWatch
 from postcheck.report import CheckFailed, Reporter
@@ -213,6 +214,19 @@ class Run:
             poll_interval_s=max(defaults.POLL_INTERVAL_S, 0.01 * n_probes),
             traffic_window_s=opt.traffic_window_s,
         )
+
+    def phase_prefix_cache(self, states: list[WorkerState]) -> None:
+        """The prefix-cache probe of every instance (postcheck/prefix_cache.py), before the
+        load: nothing else may move its counters meanwhile."""
+        jobs: list[Callable[[], Any]] = []
+        for st in states:
+            label = st.worker.label
+            if not (st.completion_ok and st.model):
+                self.rep.skip("prefix_cache", label, "no completion answered (see its checks)")
+                continue
+            check = partial(check_prefix_cache, st.worker, st.model, self.check_timeout_s)
+            jobs.append(partial(self.rep.run, "prefix_cache", label, check))
+        _parallel(jobs)
 
     def phase_load(self, states: list[WorkerState]) -> dict[str, LoadOutcome]:
         loadable = []
@@ -602,6 +616,7 @@ def run(fleet: Fleet, options: Options, reporter: Reporter) -> dict[str, Any]:
     r = Run(fleet, options, reporter)
     r.check_prometheus()
     states = r.phase_targets()
+    r.phase_prefix_cache(states)
     load_started = time.time()
     outcomes = r.phase_load(states)
     r.phase_signals(states, outcomes)

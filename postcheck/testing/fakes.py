@@ -28,6 +28,8 @@ from typing import Any, Protocol
 from urllib.parse import parse_qs, urlsplit
 
 from postcheck import paths
+from postcheck.testing.prefix_cache import FAMILIES as PREFIX_CACHE_FAMILIES
+from postcheck.testing.prefix_cache import FakePrefixCache, prompt_tokens
 from postcheck.vllm_metrics import Family, load_families, pinned_version
 
 # vLLM 0.32's request-time buckets (e2e latency, queue time, prefill, decode, inference).
@@ -67,6 +69,7 @@ DYNAMIC = frozenset(
         "vllm:admission_rejections_total",
         "http_requests_total",
         *HISTOGRAMS,
+        *PREFIX_CACHE_FAMILIES,
     }
 )
 # What a node_exporter serves where the host dashboards look (constant values: rate() of
@@ -230,6 +233,9 @@ class VLLMState:
         self.rejections = {"max_num_queued_reqs": 0, "max_num_queued_tokens": 0}
         self.hist: dict[str, list[float]] = {}  # name -> [count, sum, *bucket counts]
         self.http: dict[tuple[str, str, str], int] = {}
+        self.prefix_cache = FakePrefixCache()
+        config = reference_families().get("vllm:cache_config_info")
+        self.cache_config_labels = config.labels if config else ()
 
     # --- state --------------------------------------------------------------------------
     def _observe(self, name: str, value: float) -> None:
@@ -284,6 +290,7 @@ class VLLMState:
             for (handler, method, status), n in self.http.items():
                 labels = {"handler": handler, "method": method, "status": status}
                 out.append(("http_requests_total", labels, float(n)))
+            out += self.prefix_cache.series(self.model, self.cache_config_labels)
         return [s for s in out if _family(s[0]) not in self.drop]
 
     def sample_names(self) -> frozenset[str]:
@@ -349,10 +356,12 @@ class VLLMState:
             self.peak["vllm:num_requests_running"] = max(
                 self.peak["vllm:num_requests_running"], self.running
             )
+            self.prefix_cache.schedule(prompt_tokens(job.payload.get("prompt")))
 
     def finish(self, job: Completion) -> Reply:
         with self.cond:
             self.running -= 1
+            self.prefix_cache.finish(prompt_tokens(job.payload.get("prompt")))
             self.success["length"] += 1
             self._observe("vllm:e2e_request_latency_seconds", time.monotonic() - job.arrived)
             self._observe("vllm:request_queue_time_seconds", job.started - job.arrived)

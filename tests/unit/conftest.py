@@ -243,7 +243,9 @@ def check_validate_cases(
 
 
 PROMTOOL_TESTS = REPO / "tests" / "promtool"
-RULE_FILES = ["vllm.rules.yml", "vllm.alerts.yml", "node.alerts.yml", "vllm.slo.yml"]
+RULE_FILES = [
+    "vllm.rules.yml", "vllm.alerts.yml", "node.alerts.yml", "vllm.slo.yml", "gpu.alerts.yml",
+]
 
 
 def render_rules(dest: Path, vars_file: Path | None = PROMTOOL_TESTS / "vars.yml") -> Path:

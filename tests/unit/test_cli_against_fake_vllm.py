@@ -115,7 +115,8 @@ def test_full_pass_against_fake_vllm_from_inventory(
         load = summary["load"]["instances"][f"w{vllms.index(v)}/main"]
         assert load["completions_ok"] == load["completions_sent"] >= 6
         assert load["invalid_sent"] == load["invalid_4xx"] == 2
-        assert v.success["length"] == load["completions_ok"] + 1  # + the single completion check
+        # + the single completion check and the prefix-cache probe's two
+        assert v.success["length"] == load["completions_ok"] + 1 + 2
         assert v.http[("/v1/completions", "POST", "4xx")] == load["invalid_4xx"]
         assert load["other_traffic"] is None
     # one canary per model (both serve tiny) fills its queue; the other moves counters only

@@ -561,3 +561,17 @@ def test_slo_row_panels_repeat_over_the_slo_variable() -> None:
         "model_name:vllm_slo_availability:objective",
         "model_name",
     )
+
+
+def test_prefix_cache_panel_is_the_recording_rules_ratio(recorded_series: dict[str, str]) -> None:
+    """The panel and the recording rule compute one ratio: Δhits / Δqueries per pool (the
+    panel over Grafana's rate interval and the dashboard's filters, the rule over 5m)."""
+    (expr,) = exprs_of(panels_by_title(FLEET)["Prefix cache hit ratio"])
+    rule = " ".join(recorded_series["model_name:vllm_prefix_cache_hits:ratio_rate5m"].split())
+    selector = '{job=~"$job", model_name=~"$model", instance=~"$instance"}'
+    as_panel = rule.replace('{job="vllm"}', selector).replace("[5m]", "[$__rate_interval]")
+    assert " ".join(expr.split()) == as_panel
+    assert metric_names(expr) == {
+        "vllm:prefix_cache_hits_total", "vllm:prefix_cache_queries_total"}
+    assert panels_by_title(FLEET)["Prefix cache hit ratio"]["fieldConfig"]["defaults"]["unit"] == (
+        "percentunit")

@@ -126,7 +126,7 @@ def test_hung_worker_fails_by_name_within_the_deadline(
     """A worker that answers /health and its first completion, then stops answering: its
     load fails, named, by the deadline; the healthy one passes."""
     good = fake_vllm(capacity=2, delay=0.05, per_token_s=0.005)
-    hung = fake_vllm(capacity=2, delay=0.05, per_token_s=0.005, hang_after=3)
+    hung = fake_vllm(capacity=2, delay=0.05, per_token_s=0.005, hang_after=5)
     prom = lagging_prometheus([good, hung])
     inv = fleet_inventory(tmp_path, [good, hung], prom, max_num_seqs=2)
 
@@ -142,7 +142,9 @@ def test_hung_worker_fails_by_name_within_the_deadline(
     assert "no answer before the load deadline" in failed["detail"]
     assert {c["target"] for c in r.checks("load", "pass")} == {"w0/main"}
     hung_load = loads(r)["w1/main"]
-    assert hung_load["completions_ok"] == 2  # its first 3 completions: the check's, 2 of ours
+    # its first 5 completions: the check's, the prefix-cache probe's 2, then 2 of the load's
+    assert hung_load["completions_ok"] == 2
+    assert r.checks("prefix_cache", "pass")
     # The deadline ended it (the detail above says so), not a request timeout of minutes:
     # its requests still open then were given up, not answered.
     assert hung_load["completions_sent"] > hung_load["completions_ok"], hung_load
