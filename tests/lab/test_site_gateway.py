@@ -21,10 +21,11 @@ from pathlib import Path
 
 import pytest
 import requests
+import yaml
 
 from postcheck.promtext import Exposition, parse
 
-from .conftest import WORKER, http, playbook, ssh, wait_for, wait_vllm_serving
+from .conftest import LAB_INVENTORY, WORKER, http, playbook, ssh, wait_for, wait_vllm_serving
 
 pytestmark = [pytest.mark.lab, pytest.mark.xdist_group("demo-lab")]
 
@@ -263,9 +264,8 @@ def test_rolling_upgrade_under_load_fails_no_request(
     baseline = list(steady_load.calls)
     started, wall = time.monotonic(), time.time()
     extra = tmp_path / "upgrade.json"
-    args = {"dtype": "float32", "max-model-len": 512, "enforce-eager": True,
-            "distributed-executor-backend": "uni", "kv-cache-memory-bytes": "64M",
-            "max-num-seqs": 4, "seed": 1234}  # inventory/lab's, and a seed
+    workers_vars = yaml.safe_load((LAB_INVENTORY / "group_vars" / "gpu_workers.yml").read_text())
+    args = {**workers_vars["vllm_engine_args"], "seed": 1234}  # inventory/lab's, and a seed
     extra.write_text(json.dumps({"vllm_engine_args": args}))
     try:
         # The workers' tier (--limit gpu_workers: the monitoring and gateway plays have
