@@ -21,6 +21,17 @@ from gateway.config import HealthConfig
 from gateway.pool import Worker
 
 
+def probe_session(timeout_s: float | None = None) -> aiohttp.ClientSession:
+    """A session for checks outside the request path (health checks, canaries): a new
+    connection each time (a reused one could hide a worker that stopped accepting), no
+    cookies, no pool limit."""
+    return aiohttp.ClientSession(
+        timeout=aiohttp.ClientTimeout(total=timeout_s),
+        connector=aiohttp.TCPConnector(limit=0, force_close=True),
+        cookie_jar=aiohttp.DummyCookieJar(),
+    )
+
+
 def observe(worker: Worker, ok: bool, rise: int, fall: int) -> bool:
     """Records one check's outcome; True when the worker's health changed."""
     was = worker.healthy
@@ -61,11 +72,7 @@ class HealthChecker:
         self._session: aiohttp.ClientSession | None = None
 
     async def start(self) -> None:
-        self._session = aiohttp.ClientSession(
-            timeout=aiohttp.ClientTimeout(total=self._config.timeout_s),
-            connector=aiohttp.TCPConnector(limit=0, force_close=True),
-            cookie_jar=aiohttp.DummyCookieJar(),
-        )
+        self._session = probe_session(self._config.timeout_s)
         first = await asyncio.gather(*(self.probe(w) for w in self._workers))
         for worker, ok in zip(self._workers, first, strict=True):
             if observe(worker, ok, self._config.rise, self._config.fall):

@@ -36,7 +36,7 @@ import aiohttp
 
 from gateway import logs
 from gateway.config import HealthConfig
-from gateway.health import mark_down
+from gateway.health import mark_down, probe_session
 from gateway.pool import Worker
 
 if TYPE_CHECKING:
@@ -86,10 +86,7 @@ class StallWatch:
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
-        self._session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=0, force_close=True),
-            cookie_jar=aiohttp.DummyCookieJar(),
-        )
+        self._session = probe_session()  # each canary sets its own timeout
         self._task = asyncio.create_task(self._loop(), name="stall watch")
 
     async def stop(self) -> None:
