@@ -8,9 +8,11 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import requests
+import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -40,6 +42,13 @@ def run(cmd: list[str], cwd: Path = ROOT, check: bool = True) -> subprocess.Comp
     if check and proc.returncode != 0:
         pytest.fail(f"{' '.join(cmd)} exited {proc.returncode}")
     return proc
+
+
+def lab_group_vars(group: str) -> dict[str, Any]:
+    """inventory/lab's variables for one group, as ops wrote them."""
+    path = LAB_INVENTORY / "group_vars" / f"{group}.yml"
+    data: dict[str, Any] = yaml.safe_load(path.read_text())
+    return data
 
 
 def playbook(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:

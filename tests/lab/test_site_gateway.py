@@ -21,11 +21,10 @@ from pathlib import Path
 
 import pytest
 import requests
-import yaml
 
 from postcheck.promtext import Exposition, parse
 
-from .conftest import LAB_INVENTORY, WORKER, http, playbook, ssh, wait_for, wait_vllm_serving
+from .conftest import WORKER, http, lab_group_vars, playbook, ssh, wait_for, wait_vllm_serving
 
 pytestmark = [pytest.mark.lab, pytest.mark.xdist_group("demo-lab")]
 
@@ -66,12 +65,12 @@ def gateway_events(since: float) -> list[dict[str, object]]:
     return events
 
 
-def all_ready() -> bool:
+def all_ready(workers: tuple[str, ...] = WORKERS) -> bool:
     try:
         expo = scrape()
     except requests.RequestException:
         return False
-    return all(worker_up(expo, w) == 1 for w in WORKERS)
+    return all(worker_up(expo, w) == 1 for w in workers)
 
 
 @dataclass
@@ -264,8 +263,8 @@ def test_rolling_upgrade_under_load_fails_no_request(
     baseline = list(steady_load.calls)
     started, wall = time.monotonic(), time.time()
     extra = tmp_path / "upgrade.json"
-    workers_vars = yaml.safe_load((LAB_INVENTORY / "group_vars" / "gpu_workers.yml").read_text())
-    args = {**workers_vars["vllm_engine_args"], "seed": 1234}  # inventory/lab's, and a seed
+    # inventory/lab's arguments, and a seed
+    args = {**lab_group_vars("gpu_workers")["vllm_engine_args"], "seed": 1234}
     extra.write_text(json.dumps({"vllm_engine_args": args}))
     try:
         # The workers' tier (--limit gpu_workers: the monitoring and gateway plays have

@@ -28,12 +28,10 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-import requests
-import yaml
 
 from postcheck.promtext import parse
 
-from .conftest import LAB_INVENTORY, MONITOR, PROMETHEUS, WORKER, http, playbook, ssh, wait_for
+from .conftest import MONITOR, PROMETHEUS, WORKER, http, lab_group_vars, playbook, ssh, wait_for
 from .test_site_gateway import (
     API,
     GATEWAY_HOST,
@@ -204,9 +202,14 @@ def post_alert(labels: dict[str, str], resolved: bool) -> None:
     http().post(f"{ALERTMANAGER}/api/v2/alerts", json=[alert], timeout=10).raise_for_status()
 
 
-def draining() -> dict[str, bool]:
+def admin_workers(field: str) -> dict[str, Any]:
+    """One field of every worker's state, from the gateway's admin API."""
     workers = http().get(f"{ADMIN}/workers", timeout=5).json()["workers"]
-    return {w["name"]: bool(w["draining"]) for w in workers}
+    return {w["name"]: w[field] for w in workers}
+
+
+def draining() -> dict[str, bool]:
+    return admin_workers("draining")
 
 
 def test_a_gpu_fault_alert_drains_the_host_at_the_gateway_and_its_resolve_undrains_it(
@@ -238,22 +241,13 @@ def test_a_gpu_fault_alert_drains_the_host_at_the_gateway_and_its_resolve_undrai
     assert complete([5, 6, 7]) == 200
 
 
-def pool_ready() -> bool:
-    try:
-        expo = scrape()
-    except requests.RequestException:
-        return False
-    return all(worker_up(expo, w) == 1 for w in POOL)
-
-
 @pytest.fixture(scope="module")
 def route(gateway_ready: dict[str, object],  # noqa: F811
           tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., None]]:
     """Routes the pool of 4 with a mode: the first call starts the two extra instances (the
     vllm role, site.yml), later ones re-apply the gateway role; afterwards the inventory's
     instances and mode come back."""
-    lab = yaml.safe_load((LAB_INVENTORY / "group_vars" / "gpu_workers.yml").read_text())
-    base = lab["vllm_instances"]
+    base = lab_group_vars("gpu_workers")["vllm_instances"]
     extra = [{**base[0], "name": name, "port": port} for name, port in EXTRA_INSTANCES]
     instances = [*base, *extra]
     extra_vars = tmp_path_factory.mktemp("routing") / "pool.json"
@@ -270,7 +264,8 @@ def route(gateway_ready: dict[str, object],  # noqa: F811
             playbook("site.yml", "--limit", "gpu_workers,gateways", "--skip-tags", "postcheck",
                      "-e", f"@{extra_vars}")
             started = True
-        wait_for("the gateway reports the pool of 4 ready", pool_ready, timeout=180, every=0.5)
+        wait_for("the gateway reports the pool of 4 ready", lambda: all_ready(POOL),
+                 timeout=180, every=0.5)
 
     try:
         yield apply
@@ -299,8 +294,7 @@ def test_prefix_affinity_raises_the_pools_cache_hit_ratio(
 
 
 def in_flight() -> dict[str, int]:
-    workers = http().get(f"{ADMIN}/workers", timeout=5).json()["workers"]
-    return {w["name"]: int(w["in_flight"]) for w in workers}
+    return admin_workers("in_flight")
 
 
 def test_one_shared_prompt_is_spread_under_the_load_bound(route: Callable[..., None]) -> None:
